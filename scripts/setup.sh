@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create .venv in the repo root and install qsft with everything it needs (idempotent).
+# CPU torch when no NVIDIA GPU is present; Debian's stockfish for the chess environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x /usr/games/stockfish ] && ! command -v stockfish >/dev/null 2>&1; then
+  echo "[setup] installing Debian package stockfish"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip setuptools wheel
+
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    echo "[setup] GPU found: installing torch (CUDA build)"
+    $PIP install -q "torch>=2.4,<3"
+  else
+    echo "[setup] no GPU: installing CPU torch 2.13.0"
+    $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.4,<3" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+
+echo "[setup] installing qsft and its dependencies"
+$PIP install -q -e ".[dev]"
+echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

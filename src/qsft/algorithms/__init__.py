@@ -1,0 +1,1 @@
+"""Pure loss and target functions (torch only: no files, configs or environments)."""

@@ -1,0 +1,212 @@
+"""Q-SFT: Bellman targets and the weighted cross-entropy (DESIGN §1.3–1.4; Hong et al. 2024, Eq. 3).
+
+Indexing rule (0-based): `logits[:, i]` predicts `input_ids[:, i + 1]`, so the decision for
+agent token `t` reads `logits[:, t - 1]`. Per-token arrays (`reward`, `discount`,
+`next_state_index`, `action_mask`) are aligned with `input_ids` (token index t);
+`next_state_index[t]` is a *logits* position (the state whose max ratio bootstraps token t), or
+-1 when token t ends the episode terminally.
+
+Shapes: B batch, T sequence, V vocabulary, N selected agent tokens, K sparse support size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOSS_VARIANTS = ("uniform", "dummy")
+EXTERNAL_NEXT_STATE = -2  # same code as qsft.data.tokenize (algorithms/ imports torch only)
+NEG_INF = float("-inf")
+
+
+@dataclass
+class TargetStats:
+    """Diagnostics of one batch of Bellman targets (all over agent tokens)."""
+
+    mean: float
+    min: float
+    max: float
+    clipped_fraction: float
+
+
+def max_ratio_dense(
+    target_logits: torch.Tensor,  # [..., V]
+    behavior_logits: torch.Tensor,  # [..., V]
+    support_threshold: float = 1e-4,
+    exclude_token_id: int | None = None,
+    chunk_size: int = 4096,
+) -> torch.Tensor:  # [...]
+    """max_{a : pi_beta(a|s) > threshold} p_target(a|s) / pi_beta(a|s), in log space, chunked over rows.
+
+    A state with an empty support gets value 0 (nothing the data supports to bootstrap from).
+    """
+    shape, vocab = target_logits.shape[:-1], target_logits.shape[-1]
+    target_rows = target_logits.reshape(-1, vocab)
+    behavior_rows = behavior_logits.reshape(-1, behavior_logits.shape[-1])[:, :vocab]
+    log_threshold = torch.log(torch.tensor(support_threshold, dtype=torch.float32))
+    out = torch.empty(target_rows.shape[0], dtype=torch.float32, device=target_logits.device)
+    for start in range(0, target_rows.shape[0], chunk_size):
+        tgt = F.log_softmax(target_rows[start:start + chunk_size].float(), dim=-1)  # [n, V]
+        beh = F.log_softmax(behavior_rows[start:start + chunk_size].float(), dim=-1)  # [n, V]
+        ratio = tgt - beh
+        outside = beh <= log_threshold
+        if exclude_token_id is not None:
+            outside[:, exclude_token_id] = True
+        ratio.masked_fill_(outside, NEG_INF)
+        best = ratio.max(dim=-1).values
+        out[start:start + chunk_size] = torch.where(torch.isfinite(best), best.exp(), torch.zeros_like(best))
+    return out.reshape(shape)
+
+
+def max_ratio_sparse(
+    target_logits: torch.Tensor,  # [..., V]
+    support_ids: torch.Tensor,  # [..., K] long; padding entries have logprob -inf
+    support_logprobs: torch.Tensor,  # [..., K] log pi_beta of each support id
+) -> torch.Tensor:  # [...]
+    """Same max ratio as `max_ratio_dense`, with pi_beta given sparsely on its support (behavior cache)."""
+    target_logprobs = F.log_softmax(target_logits.float(), dim=-1).gather(-1, support_ids)  # [..., K]
+    ratio = (target_logprobs - support_logprobs.float()).masked_fill(~torch.isfinite(support_logprobs), NEG_INF)
+    best = ratio.max(dim=-1).values
+    return torch.where(torch.isfinite(best), best.exp(), torch.zeros_like(best))
+
+
+def bellman_targets(
+    state_values: torch.Tensor,  # [B, T] max ratio at every logits position (a state)
+    reward: torch.Tensor,  # [B, T]
+    discount: torch.Tensor,  # [B, T]
+    next_state_index: torch.Tensor,  # [B, T] long, -1 = terminal
+    action_mask: torch.Tensor,  # [B, T] bool
+    external_values: torch.Tensor | None = None,  # [B] value of each row's `next_input_ids` state
+) -> tuple[torch.Tensor, TargetStats]:
+    """y_t = clip(r_t + discount_t * V(s'_t), 0, 1), V(s') = state_values[next_state_index] (0 if terminal).
+
+    next_state_index -2 reads `external_values[b]` (the separate next-state sequence of window mode).
+    """
+    bootstrap = state_values.gather(1, next_state_index.clamp(min=0))
+    bootstrap = torch.where(next_state_index >= 0, bootstrap, torch.zeros_like(bootstrap))
+    if external_values is not None:
+        external = external_values[:, None].expand_as(bootstrap)
+        bootstrap = torch.where(next_state_index == EXTERNAL_NEXT_STATE, external, bootstrap)
+    raw = reward.float() + discount.float() * bootstrap
+    targets = raw.clamp(0.0, 1.0)
+    mask = action_mask.bool()
+    selected = raw[mask]
+    if selected.numel() == 0:
+        stats = TargetStats(0.0, 0.0, 0.0, 0.0)
+    else:
+        clipped = ((selected < 0) | (selected > 1)).float().mean().item()
+        chosen = targets[mask]
+        stats = TargetStats(chosen.mean().item(), chosen.min().item(), chosen.max().item(), clipped)
+    return targets.detach(), stats
+
+
+def _soft_target_rows(
+    rows: torch.Tensor,  # [n, V] float32
+    actions: torch.Tensor,  # [n]
+    targets: torch.Tensor,  # [n]
+    variant: str,
+    dummy_token_id: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss and softmax for the weighted CE whose soft target puts y on a, the rest per variant."""
+    vocab = rows.shape[-1]
+    lse = torch.logsumexp(rows, dim=-1)  # [n]
+    logp_action = rows.gather(-1, actions[:, None]).squeeze(-1) - lse
+    if variant == "uniform":
+        # sum_{a' != a} log p(a') = sum(logits) - V * lse - log p(a): no [n, V] target tensor.
+        sum_logp_others = rows.sum(-1) - vocab * lse - logp_action
+        loss = -(targets * logp_action + (1 - targets) / (vocab - 1) * sum_logp_others)
+    else:
+        logp_dummy = rows[:, dummy_token_id] - lse
+        loss = -(targets * logp_action + (1 - targets) * logp_dummy)
+    return loss, lse
+
+
+class _WeightedCrossEntropy(torch.autograd.Function):
+    """Fused weighted CE over selected rows: backward writes softmax - q into one logits-sized buffer."""
+
+    @staticmethod
+    def forward(ctx, logits, row_index, actions, targets, variant, dummy_token_id, chunk_size):  # noqa: D401
+        flat = logits.reshape(-1, logits.shape[-1])
+        losses = torch.empty(row_index.shape[0], dtype=torch.float32, device=logits.device)
+        lses = torch.empty_like(losses)
+        for start in range(0, row_index.shape[0], chunk_size):
+            sl = slice(start, start + chunk_size)
+            rows = flat.index_select(0, row_index[sl]).float()
+            losses[sl], lses[sl] = _soft_target_rows(rows, actions[sl], targets[sl], variant, dummy_token_id)
+        ctx.save_for_backward(logits, row_index, actions, targets, lses)
+        ctx.variant, ctx.dummy_token_id, ctx.chunk_size = variant, dummy_token_id, chunk_size
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        logits, row_index, actions, targets, lses = ctx.saved_tensors
+        vocab = logits.shape[-1]
+        grad = torch.zeros_like(logits).reshape(-1, vocab)
+        flat = logits.reshape(-1, vocab)
+        for start in range(0, row_index.shape[0], ctx.chunk_size):
+            sl = slice(start, start + ctx.chunk_size)
+            idx, act, y, g = row_index[sl], actions[sl], targets[sl], grad_losses[sl]
+            probs = (flat.index_select(0, idx).float() - lses[sl, None]).exp_()  # softmax, [n, V]
+            if ctx.variant == "uniform":
+                off = (1 - y) / (vocab - 1)
+                probs.sub_(off[:, None])
+                probs.scatter_add_(1, act[:, None], (off - y)[:, None])
+            else:
+                probs.scatter_add_(1, act[:, None], -y[:, None])
+                probs[:, ctx.dummy_token_id] -= 1 - y
+            grad.index_copy_(0, idx, (probs * g[:, None]).to(grad.dtype))
+        return grad.reshape(logits.shape), None, None, None, None, None, None
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor,  # [B, T, V] Q-model logits over the whole sequence
+    input_ids: torch.Tensor,  # [B, T]
+    targets: torch.Tensor,  # [B, T] Bellman targets y_t (stop-gradient), aligned with input_ids
+    action_mask: torch.Tensor,  # [B, T] bool, True on agent tokens
+    variant: str = "uniform",
+    dummy_token_id: int | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:  # [N] per agent token, in row-major (b, t) order
+    """uniform: -[y log p(a|s) + (1-y)/(V-1) sum_{a'!=a} log p(a'|s)];  dummy: -[y log p(a|s) + (1-y) log p(d|s)]."""
+    if variant not in LOSS_VARIANTS:
+        raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {variant!r}")
+    if variant == "dummy" and dummy_token_id is None:
+        raise ValueError("the dummy variant needs dummy_token_id")
+    batch, length, _ = logits.shape
+    decisions = action_mask[:, 1:].bool()  # token t >= 1 decided at logits position t - 1
+    b_idx, p_idx = decisions.nonzero(as_tuple=True)
+    row_index = b_idx * length + p_idx  # rows of logits.reshape(-1, V)
+    actions = input_ids[:, 1:][decisions]
+    y = targets[:, 1:][decisions].detach().float()
+    return _WeightedCrossEntropy.apply(logits, row_index, actions, y, variant, dummy_token_id, chunk_size)
+
+
+def behavior_cloning_loss(
+    logits: torch.Tensor,  # [B, T, V]
+    input_ids: torch.Tensor,  # [B, T]
+    action_mask: torch.Tensor,  # [B, T]
+) -> torch.Tensor:  # scalar
+    """-mean over agent tokens of log pi(a_t | s_t): plain SFT on the agent's utterances."""
+    decisions = action_mask[:, 1:].bool()
+    return F.cross_entropy(logits[:, :-1][decisions].float(), input_ids[:, 1:][decisions])
+
+
+def action_logprobs(
+    logits: torch.Tensor,  # [B, T, V]
+    input_ids: torch.Tensor,  # [B, T]
+) -> torch.Tensor:  # [B, T] log p(x_t | x_<t); position 0 is 0
+    """Log-probability of every token given its prefix, aligned with input_ids."""
+    logp = torch.zeros(input_ids.shape, dtype=torch.float32, device=logits.device)
+    logp[:, 1:] = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return logp
+
+
+def q_hat(
+    q_logits: torch.Tensor,  # [B, T, V]
+    behavior_logits: torch.Tensor,  # [B, T, V]
+    input_ids: torch.Tensor,  # [B, T]
+) -> torch.Tensor:  # [B, T]
+    """Q_hat(s_t, x_t) = p_theta(x_t|s_t) / pi_beta(x_t|s_t) on every token (DESIGN §1.4)."""
+    return (action_logprobs(q_logits, input_ids) - action_logprobs(behavior_logits, input_ids)).exp()

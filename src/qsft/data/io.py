@@ -1,0 +1,148 @@
+"""Reading and writing episodes: JSON Lines files, Hugging Face datasets, Python dicts.
+
+Accepted shapes per episode (one JSON object per line):
+* native:  {"id": ..., "turns": [{"role": "env"|"agent", "text": ..., "reward": ...}], "done": ...}
+* HF chat: {"id": ..., "messages": [{"role": "system"|"user"|"assistant", "content": ..., "reward": ...}]}
+  system/user messages become env turns, assistant messages agent turns.
+Every problem raises `EpisodeFormatError` naming the file, line, episode id and field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from qsft.data.episode import ROLES, Episode, Turn
+from qsft.errors import EpisodeFormatError
+from qsft.io import atomic_open
+
+CHAT_ROLES = {"system": "env", "user": "env", "assistant": "agent"}
+KNOWN_KEYS = {"id", "turns", "messages", "done", "meta"}
+
+
+def parse_episode(obj: Any, *, source: str | None = None, line: int | None = None,
+                  index: int = 0) -> Episode:
+    """Validate one decoded JSON object and build an `Episode` (native or HF chat shape)."""
+
+    def fail(message: str, field: str | None = None, episode_id: str | None = None) -> EpisodeFormatError:
+        return EpisodeFormatError(message, source=source, line=line, episode_id=episode_id, field=field)
+
+    if not isinstance(obj, dict):
+        raise fail(f"an episode must be a JSON object, got {type(obj).__name__}")
+    raw_id = obj.get("id", f"episode-{index}")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        raise fail(f"'id' must be a string or integer, got {type(raw_id).__name__}", "id")
+    episode_id = str(raw_id)
+    if "turns" in obj and "messages" in obj:
+        raise fail("give either 'turns' or 'messages', not both", "turns", episode_id)
+    if "turns" in obj:
+        key, role_key, text_key, role_map = "turns", "role", "text", {r: r for r in ROLES}
+    elif "messages" in obj:
+        key, role_key, text_key, role_map = "messages", "role", "content", CHAT_ROLES
+    else:
+        raise fail("missing 'turns' (or HF-style 'messages')", "turns", episode_id)
+    items = obj[key]
+    if not isinstance(items, list) or not items:
+        raise fail(f"'{key}' must be a non-empty list", key, episode_id)
+
+    turns: list[Turn] = []
+    for k, item in enumerate(items):
+        where = f"{key}[{k}]"
+        if not isinstance(item, dict):
+            raise fail(f"each turn must be an object, got {type(item).__name__}", where, episode_id)
+        role = item.get(role_key)
+        if role not in role_map:
+            raise fail(f"unknown role {role!r}; expected one of {sorted(role_map)}", f"{where}.{role_key}",
+                       episode_id)
+        text = item.get(text_key)
+        if not isinstance(text, str):
+            raise fail(f"'{text_key}' must be a string, got {type(text).__name__}", f"{where}.{text_key}",
+                       episode_id)
+        role = role_map[role]
+        reward = item.get("reward", 0.0)
+        if role == "env" and "reward" in item and reward not in (0, 0.0, None):
+            raise fail("rewards belong on agent turns; env turns carry none", f"{where}.reward", episode_id)
+        if reward is None:
+            reward = 0.0
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            raise fail(f"reward must be a number, got {type(reward).__name__}", f"{where}.reward", episode_id)
+        if not math.isfinite(reward):
+            raise fail(f"reward must be finite, got {reward}", f"{where}.reward", episode_id)
+        if role == "agent" and not text:
+            raise fail("agent text is empty (an action needs at least one token)", f"{where}.{text_key}",
+                       episode_id)
+        turns.append(Turn(role, text, float(reward)))
+
+    if not any(t.role == "agent" for t in turns):
+        raise fail("episode has no agent turn, so nothing to learn from", key, episode_id)
+    done = obj.get("done", True)
+    if not isinstance(done, bool):
+        raise fail(f"'done' must be true or false, got {done!r}", "done", episode_id)
+    if not done and turns[-1].role != "env":
+        raise fail("a truncated episode (done: false) must end with an env turn, the state to bootstrap "
+                   "from; set done: true or append the final observation", "done", episode_id)
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise fail(f"'meta' must be an object, got {type(meta).__name__}", "meta", episode_id)
+    return Episode(episode_id, tuple(turns), done, meta)
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[Episode]:
+    """Yield episodes from a JSON Lines file; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise EpisodeFormatError("file not found", source=str(path))
+    with open(path, "rb") as handle:
+        index = 0
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise EpisodeFormatError(f"not valid UTF-8 ({err.reason} at byte {err.start})",
+                                         source=str(path), line=line_no) from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as err:
+                message = err.msg if isinstance(err, json.JSONDecodeError) else "nesting too deep"
+                raise EpisodeFormatError(f"invalid JSON: {message}", source=str(path), line=line_no) from None
+            yield parse_episode(obj, source=str(path), line=line_no, index=index)
+            index += 1
+
+
+def load_episodes(data: str | os.PathLike | Iterable[Any], *, check_unique_ids: bool = True) -> list[Episode]:
+    """Load episodes from a JSONL path, a `datasets.Dataset`, or an iterable of dicts/Episodes."""
+    if isinstance(data, (str, os.PathLike)):
+        episodes = list(iter_jsonl(data))
+        source = str(data)
+    else:
+        source = type(data).__name__
+        episodes = [
+            item if isinstance(item, Episode) else parse_episode(item, source=source, line=None, index=i)
+            for i, item in enumerate(data)
+        ]
+    if not episodes:
+        raise EpisodeFormatError("no episodes found", source=source)
+    if check_unique_ids:
+        seen: set[str] = set()
+        for ep in episodes:
+            if ep.id in seen:
+                raise EpisodeFormatError("duplicate episode id; ids must be unique", source=source,
+                                         episode_id=ep.id, field="id")
+            seen.add(ep.id)
+    return episodes
+
+
+def save_episodes(path: str | os.PathLike, episodes: Iterable[Episode]) -> int:
+    """Write episodes as JSON Lines atomically; returns how many were written."""
+    count = 0
+    with atomic_open(path, "w") as handle:
+        for ep in episodes:
+            handle.write(json.dumps(ep.to_dict(), ensure_ascii=False) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,126 @@
+"""Reward transforms into [0, 1] (DESIGN §1.3) and the partial-return check.
+
+Q-SFT's targets are probabilities, so every discounted partial return must lie in [0, 1].
+A transform is named by a spec string (CLI-friendly):
+* ``none``                      rewards used as logged (checked only);
+* ``scale`` / ``scale:RMAX``    r' = r / RMAX (RMAX from the data when omitted); rewards must be >= 0;
+* ``episode_return`` / ``episode_return:LO:HI``  sparse: the episode's undiscounted return,
+  min-max normalised from the data (or the declared LO..HI, clipped), paid on the last agent turn;
+* ``success``                   1 on the last agent turn of episodes whose ``meta.success`` is true.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from qsft.data.episode import Episode
+from qsft.errors import ConfigError, EpisodeFormatError, RewardRangeError
+
+TOLERANCE = 1e-6
+
+
+@dataclass
+class RewardReport:
+    """What a transform did, to print and to store with the run."""
+
+    transform: str
+    raw_min_reward: float
+    raw_max_reward: float
+    raw_min_return: float
+    raw_max_return: float
+    low: float | None = None
+    high: float | None = None
+    episodes: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        bounds = f", bounds [{self.low:g}, {self.high:g}]" if self.low is not None else ""
+        return (f"reward transform '{self.transform}'{bounds} on {self.episodes} episodes "
+                f"(raw rewards {self.raw_min_reward:g}..{self.raw_max_reward:g}, "
+                f"returns {self.raw_min_return:g}..{self.raw_max_return:g})")
+
+
+def parse_spec(spec: str) -> tuple[str, list[float]]:
+    name, *args = spec.split(":")
+    if name not in ("none", "scale", "episode_return", "success"):
+        raise ConfigError(f"unknown reward transform {spec!r}; use none, scale[:RMAX], "
+                          "episode_return[:LO:HI] or success")
+    try:
+        values = [float(a) for a in args]
+    except ValueError:
+        raise ConfigError(f"reward transform {spec!r}: arguments must be numbers") from None
+    expected = {"none": (0,), "scale": (0, 1), "episode_return": (0, 2), "success": (0,)}[name]
+    if len(values) not in expected:
+        raise ConfigError(f"reward transform {spec!r}: wrong number of arguments")
+    if name == "episode_return" and values and values[0] >= values[1]:
+        raise ConfigError(f"reward transform {spec!r}: LO must be below HI")
+    if name == "scale" and values and values[0] <= 0:
+        raise ConfigError(f"reward transform {spec!r}: RMAX must be positive")
+    return name, values
+
+
+def apply_reward_transform(
+    episodes: list[Episode], spec: str, gamma: float, low: float | None = None, high: float | None = None
+) -> tuple[list[Episode], RewardReport]:
+    """Transform rewards per `spec`, check every partial return is in [0, 1], report what was done.
+
+    `low`/`high` (e.g. from a training run's stored report) override data bounds for
+    `episode_return`, so evaluation-time data is normalised exactly as training data was.
+    """
+    name, args = parse_spec(spec)
+    rewards = [r for ep in episodes for r in ep.rewards]
+    returns = [ep.total_return for ep in episodes]
+    report = RewardReport(spec, min(rewards), max(rewards), min(returns), max(returns), episodes=len(episodes))
+    if name == "none":
+        out = list(episodes)
+    elif name == "scale":
+        r_max = args[0] if args else (high if high is not None else max(rewards))
+        for ep in episodes:
+            for k, r in enumerate(ep.rewards):
+                if r < 0:
+                    raise RewardRangeError(f"reward {r:g} < 0 cannot be scaled into [0, 1]; use "
+                                           "--reward-transform episode_return", episode_id=ep.id,
+                                           field=f"agent turn {k}.reward")
+        if r_max <= 0:
+            raise RewardRangeError("all rewards are 0: nothing to learn (scale needs a positive maximum)")
+        report.low, report.high = 0.0, float(r_max)
+        out = [ep.with_rewards([r / r_max for r in ep.rewards]) for ep in episodes]
+    elif name == "episode_return":
+        lo, hi = (args if args else (low, high) if low is not None else (min(returns), max(returns)))
+        if hi <= lo:
+            hi = lo + 1.0  # every return equal: map them all to 0 rather than divide by zero
+        report.low, report.high = float(lo), float(hi)
+        out = []
+        for ep in episodes:
+            value = min(max((ep.total_return - lo) / (hi - lo), 0.0), 1.0)
+            sparse = [0.0] * len(ep.rewards)
+            sparse[-1] = value
+            out.append(ep.with_rewards(sparse))
+    else:  # success
+        out = []
+        for ep in episodes:
+            if "success" not in ep.meta:
+                raise EpisodeFormatError("the 'success' reward transform needs meta.success on every "
+                                         "episode", episode_id=ep.id, field="meta.success")
+            sparse = [0.0] * len(ep.rewards)
+            sparse[-1] = 1.0 if ep.meta["success"] else 0.0
+            out.append(ep.with_rewards(sparse))
+        report.low, report.high = 0.0, 1.0
+    for ep in out:
+        check_partial_returns(ep, gamma)
+    return out, report
+
+
+def check_partial_returns(episode: Episode, gamma: float) -> None:
+    """Raise `RewardRangeError` naming the episode if a discounted partial return leaves [0, 1]."""
+    partial = 0.0
+    rewards = episode.rewards
+    for k in range(len(rewards) - 1, -1, -1):
+        partial = rewards[k] + gamma * partial
+        if rewards[k] < -TOLERANCE or not -TOLERANCE <= partial <= 1 + TOLERANCE:
+            raise RewardRangeError(
+                f"discounted return from agent turn {k} is {partial:g} (reward {rewards[k]:g}); Q-SFT needs "
+                "rewards >= 0 and every partial return in [0, 1]: pick --reward-transform scale, "
+                "episode_return or success", episode_id=episode.id, field=f"agent turn {k}.reward")

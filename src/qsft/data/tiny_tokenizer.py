@@ -1,0 +1,40 @@
+"""A tiny tokenizer built offline from the dataset's own text, for models trained from scratch.
+
+`word` level splits into runs of word characters, single punctuation marks and whitespace runs
+(so decoding is exact); `char` level makes every character a token. Both are `tokenizers`
+WordLevel models wrapped in `PreTrainedTokenizerFast`, saved and loaded like any HF tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from qsft.errors import ConfigError
+
+PAD, BOS, EOT, UNK, DUMMY = "[PAD]", "[BOS]", "[EOT]", "[UNK]", "[DUMMY]"
+SPECIAL_TOKENS = (PAD, BOS, EOT, UNK, DUMMY)
+LEVELS = {"word": r"\w+|[^\w\s]|\s+", "char": ""}
+
+
+def build_tiny_tokenizer(texts: Iterable[str], level: str = "word", min_count: int = 1) -> PreTrainedTokenizerFast:
+    """Vocabulary = special tokens + every piece seen in `texts` (at least `min_count` times)."""
+    if level not in LEVELS:
+        raise ConfigError(f"tiny tokenizer level must be one of {sorted(LEVELS)}, got {level!r}")
+    splitter = pre_tokenizers.Split(Regex(LEVELS[level]) if level == "word" else "", behavior="isolated")
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(piece for piece, _ in splitter.pre_tokenize_str(text))
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for piece, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if count >= min_count and piece not in vocab:
+            vocab[piece] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = splitter
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOT, unk_token=UNK,
+        additional_special_tokens=[DUMMY])

@@ -1,0 +1,197 @@
+"""Episodes -> token-level MDP (DESIGN §1.1).
+
+Every agent token is a decision. Per token t (aligned with `input_ids`, 0-based):
+* inside an utterance: reward 0, discount 1, next state = logits position t (it predicts t+1);
+* last token of agent turn k (the end-of-turn token we append): reward r_k and
+  - next agent turn in this sequence starting at token s': next state = logits position s'-1, discount gamma;
+  - episode ended terminally: next_state_index -1, discount 0;
+  - truncated: bootstrap from the state after the final observation, logits position T-1;
+  - `history_turns` windows: next_state_index -2, the state is the end of `next_input_ids`.
+
+Sequences start with a BOS token, so the first agent token always has a state to read.
+
+Two modes. Full history (`history_turns=None`): one sequence per episode, trained on every agent
+turn; an episode longer than `max_length` is cut from the left at turn boundaries (dropped agent
+turns are not trained) or rejected. Windowed (`history_turns=H`): one sample per agent turn whose
+context is the H turns before it, and whose bootstrap state is a second short sequence holding the
+H turns before the next agent turn — exactly what the decoder sees when it acts, so long episodes
+of Markov environments (maze, chess) stay short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qsft.data.episode import Episode
+from qsft.errors import ConfigError, SequenceTooLongError
+
+TERMINAL = -1
+EXTERNAL_NEXT_STATE = -2
+TRUNCATION_MODES = ("left", "error")
+
+
+@dataclass
+class TokenMDPConfig:
+    gamma: float
+    max_length: int
+    bos_token_id: int
+    eot_token_id: int
+    truncation: str = "left"
+    history_turns: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION_MODES:
+            raise ConfigError(f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")
+        if self.history_turns is not None and self.history_turns < 0:
+            raise ConfigError(f"history_turns must be >= 0 or None, got {self.history_turns}")
+
+
+@dataclass
+class TokenizedEpisode:
+    """One training sequence of the token MDP (a whole episode, or one agent turn in window mode)."""
+
+    episode_id: str
+    input_ids: list[int]
+    action_mask: list[int]
+    reward: list[float]
+    discount: list[float]
+    next_state_index: list[int]
+    next_input_ids: list[int] | None = None
+    # (agent turn number within the episode, first token, end token exclusive) of each trained turn
+    turn_spans: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class SegmentEncoder:
+    """Encodes turn texts with any HF tokenizer (no special tokens), caching repeated texts."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[str, list[int]] = {}
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+            if len(self._cache) < 200_000:
+                self._cache[text] = ids
+        return ids
+
+
+def tokenize_episode(episode: Episode, encode: SegmentEncoder, cfg: TokenMDPConfig) -> list[TokenizedEpisode]:
+    """Turn one (reward-transformed) episode into training sequences of the token MDP."""
+    segments = []
+    agent_number = 0
+    for turn in episode.turns:
+        ids = encode(turn.text)
+        if turn.role == "agent":
+            segments.append(("agent", ids + [cfg.eot_token_id], turn.reward, agent_number))
+            agent_number += 1
+        else:
+            segments.append(("env", ids, 0.0, -1))
+    if cfg.history_turns is None:
+        return [_full_sequence(episode, segments, cfg)]
+    return _windowed_samples(episode, segments, cfg)
+
+
+def _full_sequence(episode: Episode, segments: list, cfg: TokenMDPConfig) -> TokenizedEpisode:
+    first = 0
+    while 1 + sum(len(s[1]) for s in segments[first:]) > cfg.max_length:
+        if cfg.truncation == "error":
+            raise SequenceTooLongError(
+                f"{1 + sum(len(s[1]) for s in segments)} tokens exceed max_length {cfg.max_length}; "
+                "raise max_length, set truncation 'left', or use history_turns", episode_id=episode.id)
+        first += 1
+    kept = segments[first:]
+    if not any(role == "agent" for role, *_ in kept):
+        raise SequenceTooLongError(
+            f"even the last agent turn with what follows exceeds max_length {cfg.max_length}",
+            episode_id=episode.id)
+    sample = _empty_sample(episode.id)
+    _append(sample, [cfg.bos_token_id], trained=False)
+    starts = []
+    for role, ids, _, _ in kept:
+        starts.append(len(sample.input_ids))
+        _append(sample, ids, trained=role == "agent")
+    length = len(sample.input_ids)
+    agent_positions = [k for k, seg in enumerate(kept) if seg[0] == "agent"]
+    for n, k in enumerate(agent_positions):
+        _, ids, reward, number = kept[k]
+        start, end = starts[k], starts[k] + len(ids)
+        sample.turn_spans.append((number, start, end))
+        for t in range(start, end - 1):
+            sample.next_state_index[t] = t
+            sample.discount[t] = 1.0
+        last = end - 1
+        sample.reward[last] = reward
+        if n + 1 < len(agent_positions):
+            sample.next_state_index[last] = starts[agent_positions[n + 1]] - 1
+            sample.discount[last] = cfg.gamma
+        elif episode.done:
+            sample.next_state_index[last] = TERMINAL
+        else:
+            sample.next_state_index[last] = length - 1
+            sample.discount[last] = cfg.gamma
+    return sample
+
+
+def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> list[TokenizedEpisode]:
+    agent_positions = [k for k, seg in enumerate(segments) if seg[0] == "agent"]
+    samples = []
+    for n, k in enumerate(agent_positions):
+        _, ids, reward, number = segments[k]
+        context = _context_ids(segments, k, cfg, episode.id, reserve=len(ids))
+        sample = _empty_sample(episode.id)
+        _append(sample, context, trained=False)
+        start = len(sample.input_ids)
+        _append(sample, ids, trained=True)
+        end = len(sample.input_ids)
+        sample.turn_spans.append((number, start, end))
+        for t in range(start, end - 1):
+            sample.next_state_index[t] = t
+            sample.discount[t] = 1.0
+        last = end - 1
+        sample.reward[last] = reward
+        if n + 1 < len(agent_positions) or not episode.done:
+            next_k = agent_positions[n + 1] if n + 1 < len(agent_positions) else len(segments)
+            sample.next_input_ids = _context_ids(segments, next_k, cfg, episode.id, reserve=1)
+            sample.next_state_index[last] = EXTERNAL_NEXT_STATE
+            sample.discount[last] = cfg.gamma
+        else:
+            sample.next_state_index[last] = TERMINAL
+        samples.append(sample)
+    return samples
+
+
+def _context_ids(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str, reserve: int) -> list[int]:
+    """BOS + the `history_turns` segments before index k, cut from the left to leave `reserve` tokens."""
+    window = segments[max(0, k - cfg.history_turns):k]
+    budget = cfg.max_length - 1 - reserve
+    while window and sum(len(s[1]) for s in window) > budget:
+        if cfg.truncation == "error":
+            raise SequenceTooLongError(f"context of agent turn {segments[k][3] if k < len(segments) else 'final'} "
+                                       f"exceeds max_length {cfg.max_length}", episode_id=episode_id)
+        window = window[1:]
+    if budget < 0:
+        raise SequenceTooLongError(f"an agent turn alone has {reserve} tokens, over max_length {cfg.max_length}",
+                                   episode_id=episode_id)
+    return [cfg.bos_token_id] + [i for seg in window for i in seg[1]]
+
+
+def _empty_sample(episode_id: str) -> TokenizedEpisode:
+    return TokenizedEpisode(episode_id, [], [], [], [], [])
+
+
+def _append(sample: TokenizedEpisode, ids: list[int], trained: bool) -> None:
+    sample.input_ids.extend(ids)
+    sample.action_mask.extend([1 if trained else 0] * len(ids))
+    sample.reward.extend([0.0] * len(ids))
+    sample.discount.extend([0.0] * len(ids))
+    sample.next_state_index.extend([TERMINAL] * len(ids))
+
+
+def tokenize_episodes(episodes: list[Episode], tokenizer, cfg: TokenMDPConfig) -> list[TokenizedEpisode]:
+    encode = SegmentEncoder(tokenizer)
+    return [sample for ep in episodes for sample in tokenize_episode(ep, encode, cfg)]
