@@ -210,3 +210,42 @@ def q_hat(
 ) -> torch.Tensor:  # [B, T]
     """Q_hat(s_t, x_t) = p_theta(x_t|s_t) / pi_beta(x_t|s_t) on every token (DESIGN §1.4)."""
     return (action_logprobs(q_logits, input_ids) - action_logprobs(behavior_logits, input_ids)).exp()
+
+
+@dataclass
+class QSFTOutput:
+    loss: torch.Tensor  # scalar, mean over agent tokens
+    targets: torch.Tensor  # [B, T]
+    target_stats: TargetStats
+    mean_q_hat: float  # p_theta / pi_beta on the data's actions
+
+
+def qsft_loss(
+    q_logits: torch.Tensor,  # [B, T, V] p_theta (with grad)
+    target_logits: torch.Tensor,  # [B, T, V] p_target (no grad)
+    behavior_logits: torch.Tensor,  # [B, T, V] pi_beta (no grad)
+    input_ids: torch.Tensor,  # [B, T]
+    action_mask: torch.Tensor,  # [B, T]
+    reward: torch.Tensor,  # [B, T]
+    discount: torch.Tensor,  # [B, T]
+    next_state_index: torch.Tensor,  # [B, T]
+    next_target_logits: torch.Tensor | None = None,  # [B, V] at the end of next_input_ids (window mode)
+    next_behavior_logits: torch.Tensor | None = None,  # [B, V]
+    variant: str = "uniform",
+    dummy_token_id: int | None = None,
+    support_threshold: float = 1e-4,
+) -> QSFTOutput:
+    """The Q-SFT objective: Bellman targets from p_target / pi_beta, then the weighted cross-entropy."""
+    exclude = dummy_token_id if variant == "dummy" else None
+    with torch.no_grad():
+        state_values = max_ratio_dense(target_logits, behavior_logits, support_threshold, exclude)  # [B, T]
+        external = None
+        if next_target_logits is not None:
+            external = max_ratio_dense(next_target_logits, next_behavior_logits, support_threshold, exclude)
+        targets, stats = bellman_targets(state_values, reward, discount, next_state_index, action_mask, external)
+        decisions = action_mask[:, 1:].bool()
+        ratio = q_hat(q_logits.detach(), behavior_logits, input_ids)[:, 1:][decisions]
+        mean_q_hat = ratio.mean().item() if ratio.numel() else 0.0
+    per_token = weighted_cross_entropy(q_logits, input_ids, targets, action_mask, variant, dummy_token_id)
+    loss = per_token.mean() if per_token.numel() else q_logits.sum() * 0.0
+    return QSFTOutput(loss, targets, stats, mean_q_hat)

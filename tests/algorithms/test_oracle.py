@@ -1,0 +1,150 @@
+"""Q* oracle (DESIGN §1.6): the library's pipeline, targets and loss drive p_theta/pi_beta to Q*.
+
+The model is a table of logits with one row per distinct token prefix (exactly tabular), trained
+on random-behavior chain data through: episodes -> reward transform -> windowed token MDP ->
+collator -> behavior_cloning_loss / qsft_loss, with a hard-updated target table.
+"""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from qsft.algorithms.qsft import behavior_cloning_loss, qsft_loss
+from qsft.data.collate import TokenMDPCollator
+from qsft.data.rewards import apply_reward_transform
+from qsft.data.tiny_tokenizer import build_tiny_tokenizer
+from qsft.data.tokenize import TokenMDPConfig, tokenize_episodes
+from tests.oracle_chain import ACTIONS, GAMMA, GOAL, q_star, random_episodes
+
+
+class PrefixTable(torch.nn.Module):
+    """logits[b, t] = table[row of prefix input_ids[b, :t+1]]: a tabular 'language model'."""
+
+    def __init__(self, vocab: int, rows: int = 256) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(rows, vocab))
+        self.index: dict[tuple[int, ...], int] = {}
+
+    def rows(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(input_ids.shape, dtype=torch.long)
+        for b, seq in enumerate(input_ids.tolist()):
+            for t in range(len(seq)):
+                out[b, t] = self.index.setdefault(tuple(seq[: t + 1]), len(self.index))
+        return out
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.table[self.rows(input_ids)]
+
+
+def last_logits(model, ids, mask):
+    return model(ids)[torch.arange(ids.shape[0]), mask.sum(1) - 1]
+
+
+def train(variant: str):
+    episodes = random_episodes(400, seed=0)
+    transformed, _ = apply_reward_transform(episodes, "success", GAMMA)
+    tokenizer = build_tiny_tokenizer([t.text for ep in episodes for t in ep.turns])
+    cfg = TokenMDPConfig(GAMMA, 32, tokenizer.bos_token_id, tokenizer.eos_token_id, history_turns=1)
+    samples = tokenize_episodes(transformed, tokenizer, cfg)
+    batch = TokenMDPCollator(tokenizer.pad_token_id, tokenizer.bos_token_id)(samples)
+    vocab, dummy = len(tokenizer), tokenizer.convert_tokens_to_ids("[DUMMY]")
+
+    behavior = PrefixTable(vocab)
+    # converge BC so tokens never seen in a state fall far below the support threshold (1e-4);
+    # a behavior floor above it lets the uniform variant's spread mass blow up p/pi on them.
+    opt = torch.optim.Adam(behavior.parameters(), lr=0.5)
+    for _ in range(300):
+        opt.zero_grad()
+        behavior_cloning_loss(behavior(batch["input_ids"]), batch["input_ids"], batch["action_mask"]).backward()
+        opt.step()
+
+    q_model = PrefixTable(vocab)
+    q_model.index = behavior.index  # same row for the same prefix in all three tables
+    with torch.no_grad():
+        q_model.table.copy_(behavior.table)  # Algorithm 1: initialise from the behavior model
+    target_table = q_model.table.detach().clone()
+    opt = torch.optim.Adam(q_model.parameters(), lr=0.05)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        behavior_logits = behavior(ids)
+        next_behavior = last_logits(behavior, batch["next_input_ids"], batch["next_attention_mask"])
+        rows, next_rows = q_model.rows(ids), q_model.rows(batch["next_input_ids"])
+        next_rows = next_rows[torch.arange(ids.shape[0]), batch["next_attention_mask"].sum(1) - 1]
+    for step in range(1200):
+        if step % 60 == 0:
+            target_table = q_model.table.detach().clone()  # hard target update
+        opt.zero_grad()
+        out = qsft_loss(q_model.table[rows], target_table[rows], behavior_logits, ids, batch["action_mask"],
+                        batch["reward"], batch["discount"], batch["next_state_index"],
+                        target_table[next_rows], next_behavior, variant=variant, dummy_token_id=dummy)
+        out.loss.backward()
+        opt.step()
+
+    # read p_theta(a|s) and pi_beta(a|s) at every state "p{s}" of the data
+    def probs(model, s):
+        row = model.index[(tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids(f"p{s}"))]
+        return torch.softmax(model.table[row].detach(), -1)
+
+    counts = Counter()
+    for sample in samples:
+        state = tokenizer.convert_ids_to_tokens(sample.input_ids[1])
+        counts[(int(state[1:]), tokenizer.convert_ids_to_tokens(sample.input_ids[2]))] += 1
+    learned = {}
+    for s in range(GOAL):
+        p, pi = probs(q_model, s), probs(behavior, s)
+        for a in ACTIONS:
+            a_id = tokenizer.convert_tokens_to_ids(a)
+            learned[(s, a)] = (float(p[a_id]), float(pi[a_id]))
+    return learned, counts, vocab
+
+
+def uniform_fixed_point(counts, vocab: int, gamma: float = GAMMA):
+    """Exact fixed point of the uniform operator (DESIGN §1.4) on the token MDP, by iteration.
+
+    Decision states: "p_s" (actions L/R with empirical pi) and "p_s a" (only EOT, pi = 1).
+    p(a|s) = pi(a|s) B(a|s) + sum_{a' != a} pi(a'|s) (1 - B(a'|s)) / (V - 1)
+    """
+    from tests.oracle_chain import step
+
+    states = range(GOAL)
+    pi = {(s, a): counts[(s, a)] / sum(counts[(s, b)] for b in ACTIONS) for s in states for a in ACTIONS}
+    p_act = dict(pi)
+    p_eot = {(s, a): 1.0 for s in states for a in ACTIONS}
+    for _ in range(500):
+        value = {s: max(p_act[(s, a)] / pi[(s, a)] for a in ACTIONS) for s in states}
+        b_eot = {}
+        for (s, a) in p_eot:
+            nxt, reward, done = step(s, a)
+            b_eot[(s, a)] = min(1.0, reward + (0.0 if done else gamma * value[nxt]))
+        p_eot = {k: b for k, b in b_eot.items()}  # support {EOT}: p = 1 * B + 0
+        b_act = {k: min(1.0, p_eot[k] / 1.0) for k in p_act}
+        p_act = {(s, a): pi[(s, a)] * b_act[(s, a)]
+                 + sum(pi[(s, o)] * (1 - b_act[(s, o)]) for o in ACTIONS if o != a) / (vocab - 1)
+                 for (s, a) in p_act}
+    return p_act, pi
+
+
+def test_dummy_variant_recovers_q_star():
+    learned, _, _ = train("dummy")
+    truth = q_star()
+    for key, (p, pi) in learned.items():
+        assert abs(p / pi - truth[key]) < 0.05, (key, p / pi, truth[key])
+
+
+def test_uniform_variant_reaches_its_fixed_point_and_theorem_bounds():
+    learned, counts, vocab = train("uniform")
+    fixed, pi_data = uniform_fixed_point(counts, vocab)
+    truth = q_star()
+    bias = max(abs(fixed[k] / pi_data[k] - truth[k]) for k in truth)
+    assert 0.02 < bias < 0.3  # the uniform operator's O(1/|A|) bias is real with V=12
+    for key, (p, pi) in learned.items():
+        assert abs(p / pi - fixed[key] / pi_data[key]) < 0.05, (key, p / pi, fixed[key] / pi_data[key])
+        if truth[key] >= 1 / (vocab - 1):  # Theorem 4.1: Q* >= p >= pi_beta * Q*
+            assert truth[key] + 0.02 >= p >= pi * truth[key] - 0.02, (key, p, pi, truth[key])
+
+
+@pytest.mark.parametrize("gamma", [0.9])
+def test_q_star_by_value_iteration_is_right(gamma):
+    q = q_star(gamma)
+    assert q[(3, "R")] == 1.0 and abs(q[(0, "R")] - gamma**3) < 1e-12 and abs(q[(0, "L")] - gamma**4) < 1e-12

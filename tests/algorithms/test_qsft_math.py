@@ -1,0 +1,183 @@
+"""Q-SFT targets and loss against slow references (explicit loops, dense target distributions)."""
+
+import math
+
+import pytest
+import torch
+
+from qsft.algorithms.qsft import (
+    action_logprobs,
+    behavior_cloning_loss,
+    bellman_targets,
+    max_ratio_dense,
+    max_ratio_sparse,
+    q_hat,
+    qsft_loss,
+    weighted_cross_entropy,
+)
+
+V = 11
+DUMMY = 10
+
+
+def _reference_loss(logits, input_ids, targets, action_mask, variant):
+    """Loop over agent tokens and the vocabulary, with an explicit dense target distribution."""
+    losses = []
+    B, T, _ = logits.shape
+    for b in range(B):
+        for t in range(1, T):
+            if not action_mask[b, t]:
+                continue
+            logp = torch.log_softmax(logits[b, t - 1].double(), -1)
+            a, y = int(input_ids[b, t]), float(targets[b, t])
+            dense = torch.zeros(V, dtype=torch.float64)
+            for k in range(V):
+                if k == a:
+                    dense[k] = y
+                elif variant == "uniform":
+                    dense[k] = (1 - y) / (V - 1)
+            if variant == "dummy":
+                dense[DUMMY] += 1 - y
+            losses.append(-sum(dense[k] * logp[k] for k in range(V)))
+    return torch.stack(losses)
+
+
+def _random_batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 3, 9
+    logits = torch.randn(B, T, V, generator=g) * 2
+    input_ids = torch.randint(0, DUMMY, (B, T), generator=g)
+    action_mask = torch.rand(B, T, generator=g) > 0.4
+    action_mask[:, 0] = False
+    action_mask[2, 6:] = False  # padding at the end of the last row
+    targets = torch.rand(B, T, generator=g)
+    return logits, input_ids, targets, action_mask
+
+
+@pytest.mark.parametrize("variant", ["uniform", "dummy"])
+def test_weighted_cross_entropy_matches_dense_reference_value_and_gradient(variant):
+    logits, input_ids, targets, action_mask = _random_batch(0)
+    fast_logits = logits.clone().requires_grad_(True)
+    fast = weighted_cross_entropy(fast_logits, input_ids, targets, action_mask, variant, DUMMY, chunk_size=4)
+    ref_logits = logits.double().clone().requires_grad_(True)
+    ref = _reference_loss(ref_logits, input_ids, targets, action_mask, variant)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast.double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    fast.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(fast_logits.grad.double(), ref_logits.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_uniform_loss_is_soft_label_cross_entropy():
+    logits, input_ids, targets, action_mask = _random_batch(1)
+    fast = weighted_cross_entropy(logits, input_ids, targets, action_mask, "uniform")
+    rows, idx = [], []
+    for b in range(3):
+        for t in range(1, 9):
+            if action_mask[b, t]:
+                q = torch.full((V,), (1 - float(targets[b, t])) / (V - 1))
+                q[input_ids[b, t]] = targets[b, t]
+                rows.append(logits[b, t - 1])
+                idx.append(q)
+    soft = torch.nn.functional.cross_entropy(torch.stack(rows), torch.stack(idx), reduction="none")
+    torch.testing.assert_close(fast, soft, atol=1e-5, rtol=1e-5)
+
+
+def _reference_max_ratio(target_row, behavior_row, threshold, exclude=None):
+    p_t, p_b = torch.softmax(target_row.double(), -1), torch.softmax(behavior_row.double(), -1)
+    best = None
+    for a in range(len(p_t)):
+        if p_b[a] > threshold and a != exclude:
+            best = p_t[a] / p_b[a] if best is None else max(best, p_t[a] / p_b[a])
+    return 0.0 if best is None else float(best)
+
+
+def test_max_ratio_dense_and_sparse_match_loop():
+    g = torch.Generator().manual_seed(2)
+    target = torch.randn(4, 5, V, generator=g)
+    behavior = torch.randn(4, 5, V, generator=g) * 4  # peaked: some actions fall below the threshold
+    threshold = 0.02
+    dense = max_ratio_dense(target, behavior, threshold, exclude_token_id=DUMMY, chunk_size=3)
+    for i in range(4):
+        for j in range(5):
+            ref = _reference_max_ratio(target[i, j], behavior[i, j], threshold, DUMMY)
+            assert math.isclose(float(dense[i, j]), ref, rel_tol=1e-5, abs_tol=1e-6)
+    # sparse: the support ids with their behavior log-probs, padded with -inf
+    logp_b = torch.log_softmax(behavior, -1)
+    keep = (logp_b > math.log(threshold))
+    keep[..., DUMMY] = False
+    K = int(keep.sum(-1).max())
+    ids = torch.zeros(4, 5, K, dtype=torch.long)
+    lps = torch.full((4, 5, K), float("-inf"))
+    for i in range(4):
+        for j in range(5):
+            support = keep[i, j].nonzero().flatten()
+            ids[i, j, : len(support)] = support
+            lps[i, j, : len(support)] = logp_b[i, j, support]
+    torch.testing.assert_close(max_ratio_sparse(target, ids, lps), dense, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_support_has_zero_value():
+    target = torch.zeros(1, V)
+    behavior = torch.zeros(1, V)
+    assert float(max_ratio_dense(target, behavior, support_threshold=0.5)[0]) == 0.0
+
+
+def test_bellman_targets_loop_reference_with_terminal_truncated_and_external():
+    # row 0: utterance tokens 1,2 (inside), 3 ends turn -> next decision at token 5 (logits pos 4)
+    #        token 5 ends the last turn, truncated -> bootstrap from pos 7 (final observation end)
+    # row 1: token 2 terminal; token 4 window-mode external next state (-2)
+    values = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])
+    nsi = torch.tensor([[-1, 1, 2, 4, -1, 7, -1, -1], [-1, -1, -1, -1, -2, -1, -1, -1]])
+    reward = torch.tensor([[0, 0, 0, 0.3, 0, 0.95, 0, 0], [0, 0, 0.7, 0, 0.1, 0, 0, 0]])
+    discount = torch.tensor([[0, 1, 1, 0.9, 0, 0.9, 0, 0], [0, 0, 0, 0, 0.9, 0, 0, 0.0]])
+    mask = torch.tensor([[0, 1, 1, 1, 0, 1, 0, 0], [0, 0, 1, 0, 1, 0, 0, 0]], dtype=torch.bool)
+    external = torch.tensor([0.0, 0.5])
+    y, stats = bellman_targets(values, reward, discount, nsi, mask, external)
+    expected = {(0, 1): 0.2, (0, 2): 0.3, (0, 3): 0.3 + 0.9 * 0.5, (0, 5): 1.0,  # 0.95 + 0.9*0.8 clipped
+                (1, 2): 0.7, (1, 4): 0.1 + 0.9 * 0.5}
+    for (b, t), v in expected.items():
+        assert math.isclose(float(y[b, t]), v, abs_tol=1e-6), (b, t)
+    assert math.isclose(stats.clipped_fraction, 1 / 6, rel_tol=1e-6)
+    assert math.isclose(stats.max, 1.0)
+
+
+def test_behavior_cloning_q_hat_and_logprobs_match_loop():
+    logits, input_ids, _, action_mask = _random_batch(3)
+    behavior = torch.randn_like(logits)
+    ref, qref = [], torch.zeros(input_ids.shape)
+    for b in range(3):
+        for t in range(1, 9):
+            lp = torch.log_softmax(logits[b, t - 1], -1)[input_ids[b, t]]
+            lb = torch.log_softmax(behavior[b, t - 1], -1)[input_ids[b, t]]
+            qref[b, t] = (lp - lb).exp()
+            if action_mask[b, t]:
+                ref.append(-lp)
+    assert math.isclose(float(behavior_cloning_loss(logits, input_ids, action_mask)), float(torch.stack(ref).mean()),
+                        rel_tol=1e-5)
+    torch.testing.assert_close(q_hat(logits, behavior, input_ids)[:, 1:], qref[:, 1:], atol=1e-5, rtol=1e-4)
+    assert action_logprobs(logits, input_ids)[:, 0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("variant", ["uniform", "dummy"])
+def test_qsft_loss_composes_the_reference_pieces(variant):
+    logits, input_ids, _, action_mask = _random_batch(4)
+    g = torch.Generator().manual_seed(5)
+    target_logits, behavior_logits = torch.randn(logits.shape, generator=g), torch.randn(logits.shape, generator=g)
+    B, T = input_ids.shape
+    nsi = torch.where(action_mask, torch.arange(T).expand(B, T) % (T - 1), torch.full((B, T), -1))
+    nsi[0, 3] = -1
+    reward = torch.rand(B, T, generator=g) * 0.1
+    discount = torch.full((B, T), 0.9)
+    out = qsft_loss(logits, target_logits, behavior_logits, input_ids, action_mask, reward, discount, nsi,
+                    variant=variant, dummy_token_id=DUMMY, support_threshold=1e-4)
+    exclude = DUMMY if variant == "dummy" else None
+    y = torch.zeros(B, T)
+    for b in range(B):
+        for t in range(T):
+            if action_mask[b, t]:
+                j = int(nsi[b, t])
+                boot = 0.0 if j < 0 else _reference_max_ratio(target_logits[b, j], behavior_logits[b, j], 1e-4, exclude)
+                y[b, t] = min(max(float(reward[b, t]) + 0.9 * boot, 0.0), 1.0)
+    ref = _reference_loss(logits, input_ids, y, action_mask, variant).mean()
+    assert math.isclose(float(out.loss), float(ref), rel_tol=1e-5)
