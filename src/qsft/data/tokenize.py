@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qsft.data.episode import Episode
+from qsft.data.episode import Episode, Turn
 from qsft.errors import ConfigError, SequenceTooLongError
 
 TERMINAL = -1
@@ -167,17 +167,28 @@ def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> 
 
 def _context_ids(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str, reserve: int) -> list[int]:
     """BOS + the `history_turns` segments before index k, cut from the left to leave `reserve` tokens."""
-    window = segments[max(0, k - cfg.history_turns):k]
+    window = segments[max(0, k - cfg.history_turns):k] if cfg.history_turns is not None else segments[:k]
     budget = cfg.max_length - 1 - reserve
-    while window and sum(len(s[1]) for s in window) > budget:
-        if cfg.truncation == "error":
-            raise SequenceTooLongError(f"context of agent turn {segments[k][3] if k < len(segments) else 'final'} "
-                                       f"exceeds max_length {cfg.max_length}", episode_id=episode_id)
-        window = window[1:]
     if budget < 0:
         raise SequenceTooLongError(f"an agent turn alone has {reserve} tokens, over max_length {cfg.max_length}",
                                    episode_id=episode_id)
+    while window and sum(len(s[1]) for s in window) > budget:
+        if cfg.truncation == "error":
+            raise SequenceTooLongError(f"the context before turn {k} exceeds max_length {cfg.max_length}",
+                                       episode_id=episode_id)
+        window = window[1:]
     return [cfg.bos_token_id] + [i for seg in window for i in seg[1]]
+
+
+def context_ids(turns: list[Turn], encode: SegmentEncoder, cfg: TokenMDPConfig, reserve: int = 0) -> list[int]:
+    """The state the agent acts from after `turns`: exactly how training sequences encode contexts.
+
+    Used by decoding so that rollouts see the same token layout (BOS, segments, EOT after each
+    agent utterance, `history_turns` window, left truncation keeping `reserve` tokens free).
+    """
+    segments = [(t.role, encode(t.text) + ([cfg.eot_token_id] if t.role == "agent" else [])) for t in turns]
+    cut = TokenMDPConfig(cfg.gamma, cfg.max_length, cfg.bos_token_id, cfg.eot_token_id, "left", cfg.history_turns)
+    return _context_ids(segments, len(segments), cut, "rollout", reserve)
 
 
 def _empty_sample(episode_id: str) -> TokenizedEpisode:

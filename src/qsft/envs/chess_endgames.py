@@ -1,0 +1,127 @@
+"""Chess endgames against Stockfish: white (the agent) has K+Q, K+R, K+Q+R or K+R+R vs a lone king.
+
+Start positions are random legal placements drawn from the seed: white to move, black not in
+check, the game not already over. Every such position is a forced win for white, so the optimal
+return is +1 everywhere.
+
+Text, as in LMRL-Gym: the observation is the FEN with every character separated by a space,
+then "\\n" ("8 / 8 / ... w   -   -   0   1\\n"); the action is a move in SAN ("Qd7+") or UCI
+("d1d7"); spaces inside the move are ignored. Black's reply (Stockfish at `opponent_depth`) is
+already made when the next observation arrives.
+
+Rewards: +1 when white mates (the episode ends, success); 0 for an ordinary move and for a draw
+(stalemate, insufficient material after black captures, threefold repetition, the 50-move rule:
+the episode ends); -1 if white is mated (impossible here, kept for completeness); -1 for an
+illegal or unparseable move, which leaves the board unchanged and the episode running (as in
+LMRL-Gym, so returns of a bad agent go below -1). At most 50 white moves (illegal attempts count).
+"""
+
+from __future__ import annotations
+
+import random
+
+import chess
+
+from qsft.envs import stockfish
+from qsft.envs.base import StepResult, TextEnv
+from qsft.errors import EnvError
+
+# White's pieces besides the king, per endgame name.
+ENDGAMES: dict[str, tuple[str, ...]] = {
+    "kq": ("Q",), "kr": ("R",), "kqr": ("QR",), "krr": ("RR",), "endgames": ("Q", "R", "QR", "RR"),
+}
+DEFAULT_OPPONENT_DEPTH = 4
+
+
+def random_endgame(pieces: str, rng: random.Random) -> chess.Board:
+    """White king + `pieces` vs black king on random squares; legal, white to move, black not in check."""
+    while True:
+        board = chess.Board(None)
+        squares = rng.sample(chess.SQUARES, 2 + len(pieces))
+        board.set_piece_at(squares[0], chess.Piece(chess.KING, chess.WHITE))
+        board.set_piece_at(squares[1], chess.Piece(chess.KING, chess.BLACK))
+        for square, symbol in zip(squares[2:], pieces):
+            board.set_piece_at(square, chess.Piece.from_symbol(symbol))
+        board.turn = chess.WHITE
+        # is_valid() rejects adjacent kings and a black king in check (the side not to move).
+        if board.is_valid() and board.outcome() is None:
+            return board
+
+
+def spaced_fen(board: chess.Board) -> str:
+    return " ".join(board.fen()) + "\n"
+
+
+def parse_move(board: chess.Board, action: str) -> chess.Move | None:
+    """The legal move `action` names in SAN or UCI, else None."""
+    text = "".join(action.split())
+    if not text:
+        return None
+    for parse in (board.parse_san, lambda t: board.parse_uci(t.lower())):
+        try:
+            move = parse(text)
+        except ValueError:  # python-chess's invalid / illegal / ambiguous move errors
+            continue
+        if move and move in board.legal_moves:  # a null move ("--", "0000") is falsy
+            return move
+    return None
+
+
+class ChessEndgameEnv(TextEnv):
+    """Mate a lone black king, defended by Stockfish."""
+
+    max_turns = 50
+    reward_range = (-1.0, 1.0)
+    # LMRL-Gym's endgame anchor; illegal moves can take a return below it.
+    min_return = -1.0
+    default_reward_transform = "episode_return:-1:1"
+    default_gamma = 0.99
+    default_beta = 8.0
+    history_turns = 1  # the FEN is a Markov state
+    action_hint = "a legal move for white in SAN (e.g. Qd7+) or UCI (e.g. d1d7)"
+
+    WIN_REWARD = 1.0
+    LOSS_REWARD = -1.0
+    ILLEGAL_MOVE_REWARD = -1.0
+
+    def __init__(self, endgame: str = "kq", opponent_depth: int = DEFAULT_OPPONENT_DEPTH,
+                 max_turns: int = 50) -> None:
+        super().__init__()
+        if endgame not in ENDGAMES:
+            raise EnvError(f"unknown chess endgame {endgame!r}; known: {', '.join(ENDGAMES)}")
+        if opponent_depth < 1:
+            raise EnvError(f"opponent_depth must be >= 1, got {opponent_depth}")
+        self.name = f"chess-{endgame}"
+        self.endgame = endgame
+        self.opponent_depth = opponent_depth
+        self.max_turns = max_turns
+        self.board = chess.Board(None)
+
+    def board_for_seed(self, seed: int | None) -> chess.Board:
+        rng = random.Random(seed)
+        return random_endgame(rng.choice(ENDGAMES[self.endgame]), rng)
+
+    def optimal_return(self, seed: int | None = None) -> float:
+        return self.WIN_REWARD
+
+    def _reset(self, seed: int | None) -> str:
+        self.board = self.board_for_seed(seed)
+        return spaced_fen(self.board)
+
+    def _step(self, action: str) -> StepResult:
+        move = parse_move(self.board, action)
+        if move is None:
+            return spaced_fen(self.board), self.ILLEGAL_MOVE_REWARD, False, {"invalid": True}
+        info: dict = {"invalid": False, "move": self.board.san(move)}
+        self.board.push(move)
+        if self.board.outcome(claim_draw=True) is None:
+            reply = stockfish.best_move(self.board, self.opponent_depth)
+            info["opponent_move"] = self.board.san(reply)
+            self.board.push(reply)
+        outcome = self.board.outcome(claim_draw=True)
+        if outcome is None:
+            return spaced_fen(self.board), 0.0, False, info
+        info["termination"] = outcome.termination.name.lower()
+        info["success"] = outcome.winner == chess.WHITE
+        reward = {chess.WHITE: self.WIN_REWARD, chess.BLACK: self.LOSS_REWARD, None: 0.0}[outcome.winner]
+        return spaced_fen(self.board), reward, True, info

@@ -1,0 +1,49 @@
+"""Shared trainer base: token-MDP batches in, averaged custom metrics out, NaN guard."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from qsft.data.collate import TokenMDPCollator
+from qsft.errors import NumericalError
+from qsft.models.loading import bos_token_id
+
+
+class OfflineRLTrainer(Trainer):
+    """A `transformers.Trainer` over `TokenMDPDataset`s; subclasses only write `compute_loss`."""
+
+    def __init__(self, model, args, train_dataset, processing_class, data_collator=None, **kwargs) -> None:
+        if data_collator is None:
+            data_collator = TokenMDPCollator(processing_class.pad_token_id, bos_token_id(processing_class))
+        super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+                         processing_class=processing_class, **kwargs)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    @classmethod
+    def last_logits(cls, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits at each row's last real (right-padded) position: [B, V]."""
+        logits = cls.logits(model, input_ids, attention_mask)
+        last = attention_mask.sum(1) - 1
+        return logits[torch.arange(input_ids.shape[0], device=logits.device), last]
+
+    def record(self, name: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise NumericalError(
+                f"step {self.state.global_step}: {name} is {value}. Usual causes: a learning rate that diverges "
+                "(lower --learning_rate), behavior probabilities underflowing (raise --support_threshold), or "
+                "rewards outside [0, 1]. No weights were written for this step.")
+        self._metrics[name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:
+            logs.update({name: sum(v) / len(v) for name, v in self._metrics.items()})
+            self._metrics.clear()
+        super().log(logs, start_time)

@@ -1,0 +1,107 @@
+"""Configs: dataclasses extending `transformers.TrainingArguments` (TRL-style), one per method.
+
+Defaults follow the paper's table (DESIGN §1.4): gamma 0.99, Polyak tau 0.005, lr 1e-4, batch 128.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from qsft.algorithms.qsft import LOSS_VARIANTS
+from qsft.data.rewards import parse_spec
+from qsft.data.tokenize import TRUNCATION_MODES
+from qsft.errors import ConfigError
+
+
+@dataclass
+class OfflineRLConfig(TrainingArguments):
+    """Fields every offline-RL method shares: how episodes become token-MDP sequences."""
+
+    output_dir: str = field(default="qsft-run", metadata={"help": "Where the model, qsft.json and logs go."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (paper: 1e-4)."})
+    per_device_train_batch_size: int = field(
+        default=128, metadata={"help": "Sequences per device per step (paper: 128; lower it if memory is short)."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train for."})
+    logging_steps: float = field(default=10, metadata={"help": "Log metrics every N steps."})
+    save_strategy: str = field(default="steps", metadata={"help": "Checkpoint strategy: steps, epoch or no."})
+    save_steps: float = field(default=500, metadata={"help": "Save a checkpoint every N steps."})
+    report_to: str | list[str] | None = field(
+        default="tensorboard", metadata={"help": "Loggers: tensorboard (logs under OUT/runs), wandb, all, none."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every token-MDP field (leave False)."})
+    max_length: int = field(default=512, metadata={"help": "Longest token sequence; see truncation."})
+    truncation: str = field(default="left", metadata={
+        "help": "Episodes over max_length: 'left' drops whole leading turns, 'error' rejects them."})
+    history_turns: int | None = field(default=None, metadata={
+        "help": "Context = the last N turns before each agent turn (one sample per turn); default: whole episode."})
+    tokenizer_level: str = field(default="word", metadata={
+        "help": "Tiny model only: build a 'word' or 'char' level tokenizer from the dataset text."})
+    model_preset: str = field(default="tiny", metadata={"help": "Tiny model preset when --model tiny: tiny, micro, small."})
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION_MODES:
+            raise ConfigError(f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")
+        if self.max_length < 4:
+            raise ConfigError(f"max_length must be at least 4, got {self.max_length}")
+        if self.history_turns is not None and self.history_turns < 0:
+            raise ConfigError(f"history_turns must be >= 0, got {self.history_turns}")
+        super().__post_init__()
+
+
+@dataclass
+class BCConfig(OfflineRLConfig):
+    """Behavior cloning: cross-entropy on agent tokens (also how the behavior model is trained)."""
+
+
+@dataclass
+class FilteredBCConfig(BCConfig):
+    """Behavior cloning on the episodes with the top `top` fraction of returns."""
+
+    top: float = field(default=0.1, metadata={"help": "Fraction of episodes kept, by return (0 < top <= 1)."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top <= 1:
+            raise ConfigError(f"top must be in (0, 1], got {self.top}")
+        super().__post_init__()
+
+
+@dataclass
+class QSFTConfig(OfflineRLConfig):
+    """Q-SFT (Hong et al. 2024): Q-learning as weighted cross-entropy on an unchanged LM."""
+
+    gamma: float = field(default=0.99, metadata={"help": "Discount per agent turn, in (0, 1]."})
+    target_update: str = field(default="polyak", metadata={"help": "Target network update: 'polyak' or 'hard'."})
+    tau: float = field(default=0.005, metadata={"help": "Polyak rate: target <- (1 - tau) target + tau theta."})
+    target_update_steps: int = field(default=100, metadata={"help": "With target_update=hard: copy every N steps."})
+    support_threshold: float = field(default=1e-4, metadata={
+        "help": "Actions with pi_beta <= threshold are left out of the max in the Bellman target."})
+    loss_variant: str | None = field(default=None, metadata={
+        "help": "'uniform' (paper Eq. 3) or 'dummy'; default: dummy for tiny models, uniform otherwise."})
+    dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
+    behavior: str | None = field(default=None, metadata={
+        "help": "Behavior model: a trained model dir (frozen), 'cotrain', or empty to train it first by SFT."})
+    behavior_max_steps: int | None = field(default=None, metadata={
+        "help": "SFT steps for the behavior model trained first (default: max_steps)."})
+    q_init: str = field(default="behavior", metadata={
+        "help": "Initialise the Q-model from the 'behavior' model's weights or from the base 'model'."})
+    reward_transform: str = field(default="episode_return", metadata={
+        "help": "none | scale[:RMAX] | episode_return[:LO:HI] | success (rewards into [0, 1])."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.target_update not in ("polyak", "hard"):
+            raise ConfigError(f"target_update must be 'polyak' or 'hard', got {self.target_update!r}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        if self.target_update_steps < 1:
+            raise ConfigError(f"target_update_steps must be >= 1, got {self.target_update_steps}")
+        if not 0 <= self.support_threshold < 1:
+            raise ConfigError(f"support_threshold must be in [0, 1), got {self.support_threshold}")
+        if self.loss_variant is not None and self.loss_variant not in LOSS_VARIANTS:
+            raise ConfigError(f"loss_variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
+        if self.q_init not in ("behavior", "model"):
+            raise ConfigError(f"q_init must be 'behavior' or 'model', got {self.q_init!r}")
+        parse_spec(self.reward_transform)
+        super().__post_init__()

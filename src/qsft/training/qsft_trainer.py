@@ -1,0 +1,127 @@
+"""QSFTTrainer: p_theta trained by the weighted cross-entropy against a Polyak/hard target network.
+
+The Q-model is `self.model` (what the Trainer optimises and saves); the behavior model is frozen
+(or co-trained with its SFT loss added); the target network lives beside them and is saved
+inside every checkpoint so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import TrainerCallback
+
+from qsft.algorithms.qsft import behavior_cloning_loss, qsft_loss
+from qsft.models.target import hard_update, make_target, polyak_update
+from qsft.training.base import OfflineRLTrainer
+
+TARGET_DIR, BEHAVIOR_DIR, WEIGHTS = "target", "behavior", "model.safetensors"
+
+
+class TargetUpdateCallback(TrainerCallback):
+    """Moves the target network after every optimizer step."""
+
+    def __init__(self, trainer: QSFTTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        q_model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        if args.target_update == "polyak":
+            polyak_update(self.trainer.target_model, q_model, args.tau)
+        elif state.global_step % args.target_update_steps == 0:
+            hard_update(self.trainer.target_model, q_model)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        # DDP averages the Q-model's gradients; a co-trained behavior model is outside the DDP
+        # wrapper, so average its gradients by hand to keep the ranks identical.
+        if self.trainer.cotrain and torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            for p in self.trainer.behavior_model.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+
+
+class QSFTTrainer(OfflineRLTrainer):
+    def __init__(self, model, behavior_model, args, train_dataset, processing_class,
+                 dummy_token_id: int | None = None, **kwargs) -> None:
+        self.cotrain = args.behavior == "cotrain"
+        super().__init__(model, args, train_dataset, processing_class, **kwargs)
+        self.loss_variant = args.loss_variant or "uniform"
+        self.dummy_token_id = dummy_token_id
+        self.behavior_model = behavior_model.to(self.args.device)
+        if not self.cotrain:
+            self.behavior_model.requires_grad_(False).eval()
+        self.target_model = make_target(self.accelerator.unwrap_model(self.model)).to(self.args.device)
+        self.add_callback(TargetUpdateCallback(self))
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.cotrain and not any(
+                p is q for g in optimizer.param_groups for p in g["params"] for q in self.behavior_model.parameters()):
+            optimizer.add_param_group({"params": [p for p in self.behavior_model.parameters() if p.requires_grad],
+                                       "weight_decay": self.args.weight_decay})
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        q_logits = self.logits(model, ids, attention)  # [B, T, V]
+        loss_behavior = None
+        if self.cotrain:
+            behavior_live = self.logits(self.behavior_model, ids, attention)
+            loss_behavior = behavior_cloning_loss(behavior_live, ids, inputs["action_mask"])
+            behavior_logits = behavior_live.detach()
+        with torch.no_grad():
+            target_logits = self.logits(self.target_model, ids, attention)
+            if not self.cotrain:
+                behavior_logits = self.logits(self.behavior_model, ids, attention)
+            next_target = next_behavior = None
+            if "next_input_ids" in inputs:
+                nxt, nxt_mask = inputs["next_input_ids"], inputs["next_attention_mask"]
+                next_target = self.last_logits(self.target_model, nxt, nxt_mask)
+                next_behavior = self.last_logits(self.behavior_model, nxt, nxt_mask)
+        out = qsft_loss(q_logits, target_logits, behavior_logits, ids, inputs["action_mask"], inputs["reward"],
+                        inputs["discount"], inputs["next_state_index"], next_target, next_behavior,
+                        variant=self.loss_variant, dummy_token_id=self.dummy_token_id,
+                        support_threshold=self.args.support_threshold)
+        loss = out.loss
+        self.record("loss/q", out.loss.item())
+        if loss_behavior is not None:
+            self.record("loss/behavior", loss_behavior.item())
+            loss = loss + loss_behavior
+        stats = out.target_stats
+        self.record("target/mean", stats.mean)
+        self.record("target/min", stats.min)
+        self.record("target/max", stats.max)
+        self.record("target/clipped_fraction", stats.clipped_fraction)
+        self.record("q_hat/mean", out.mean_q_hat)
+        return (loss, q_logits) if return_outputs else loss
+
+    # --- the target (and a co-trained behavior) model travel inside every checkpoint ---
+    def _save_checkpoint(self, model, trial):
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            self._save_weights(self.target_model, folder / TARGET_DIR)
+            if self.cotrain:
+                self._save_weights(self.behavior_model, folder / BEHAVIOR_DIR)
+        super()._save_checkpoint(model, trial)  # writes trainer_state.json last: its presence = complete
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_weights(self.target_model, Path(resume_from_checkpoint) / TARGET_DIR)
+        if self.cotrain:
+            self._load_weights(self.behavior_model, Path(resume_from_checkpoint) / BEHAVIOR_DIR)
+
+    @staticmethod
+    def _save_weights(module: torch.nn.Module, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{WEIGHTS}.tmp"
+        save_model(module, str(tmp))  # handles tied embeddings
+        os.replace(tmp, folder / WEIGHTS)
+
+    @staticmethod
+    def _load_weights(module: torch.nn.Module, folder: Path) -> None:
+        load_model(module, str(folder / WEIGHTS), device=str(next(module.parameters()).device))
