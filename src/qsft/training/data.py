@@ -20,7 +20,7 @@ def token_mdp_config(tokenizer, config, gamma: float = 1.0) -> TokenMDPConfig:
 
 def select_top_episodes(episodes: list[Episode], top: float) -> list[Episode]:
     """Filtered BC's data: the ceil(top * N) episodes with the highest undiscounted return (stable order)."""
-    keep = max(1, math.ceil(top * len(episodes)))
+    keep = max(1, math.ceil(round(top * len(episodes), 9)))  # 0.28 * 25 = 7.000000000000001 means 7
     ranked = sorted(range(len(episodes)), key=lambda i: -episodes[i].total_return)
     chosen = sorted(ranked[:keep])
     return [episodes[i] for i in chosen]

@@ -29,11 +29,12 @@ from qsft.training.bc import BCTrainer
 from qsft.training.checkpoints import latest_complete_checkpoint
 from qsft.training.config import BCConfig, FilteredBCConfig, QSFTConfig
 from qsft.training.data import qsft_dataset, select_top_episodes, sft_dataset
+from qsft.training.ilql import ILQLConfig, train_ilql
 from qsft.training.qsft_trainer import QSFTTrainer
 
 RUN_FILE = "qsft.json"
-ALGORITHMS = ("bc", "filtered_bc", "qsft")
-CONFIG_CLASSES = {"bc": BCConfig, "filtered_bc": FilteredBCConfig, "qsft": QSFTConfig}
+ALGORITHMS = ("bc", "filtered_bc", "qsft", "ilql")
+CONFIG_CLASSES = {"bc": BCConfig, "filtered_bc": FilteredBCConfig, "qsft": QSFTConfig, "ilql": ILQLConfig}
 
 
 @dataclass
@@ -135,6 +136,14 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
             info.extra["episodes_kept"] = len(episodes)
         base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
         _train_sft(base, tokenizer, episodes, config, out)
+        info.save(out)
+        return out
+
+    if algo == "ilql":  # LM + Q/V heads trained together from the base model (Snell et al. 2022)
+        base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
+        report = train_ilql(base, tokenizer, episodes, config, _resume_arg(config, out))
+        info.gamma, info.reward = config.gamma, report.to_dict()
+        info.extra.update(beta=config.beta, tau_expectile=config.tau_expectile, cql_weight=config.cql_weight)
         info.save(out)
         return out
 
