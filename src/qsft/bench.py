@@ -1,0 +1,149 @@
+"""`qsft bench` / `qsft demo`: same data, same model, same step budget for every method, then evaluate.
+
+Results folder layout (everything is written there; nothing is only printed):
+    OUT/data/<env>.jsonl (+ .stats.json)      the offline dataset (generated once, reused)
+    OUT/runs/<algo>-seed<k>/                  each training run (model, qsft.json, TensorBoard logs)
+    OUT/runs/<algo>-seed<k>/results.json      its evaluation (+ results.png histogram, transcripts)
+    OUT/report.md, OUT/report.png             methods x env table (mean ± 95% CI over seeds) and chart
+    OUT/bench.json                            the settings used and per-run scores
+A finished run (its results.json exists) is not redone, so an interrupted bench resumes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qsft.envs.generate import generate_dataset, stats_path
+from qsft.errors import ConfigError
+from qsft.eval.evaluate import EvalResult, evaluate
+from qsft.eval.metrics import mean_ci95
+from qsft.io import atomic_write_json, atomic_write_text
+from qsft.training.run import ALGORITHMS, train
+
+RESULTS = "results.json"
+
+
+def env_defaults(env: str) -> dict[str, Any]:
+    """Per-environment hyperparameters from qsft/configs/<env>.yaml (chosen by a recorded sweep)."""
+    family = env.split("-")[0] if env.startswith("chess") else env
+    for name in (env, family):
+        resource = resources.files("qsft.configs") / f"{name}.yaml"
+        if resource.is_file():
+            return yaml.safe_load(resource.read_text()) or {}
+    return {}
+
+
+@dataclass
+class BenchSettings:
+    env: str
+    algos: list[str]
+    seeds: int = 3
+    first_seed: int = 0  # training seeds are first_seed .. first_seed + seeds - 1
+    episodes: int = 1000  # dataset size
+    eval_episodes: int = 100
+    model: str = "tiny"
+    budget: int | None = None  # optimizer steps per method (None: the env YAML's max_steps)
+    data_seed: int = 0
+    policy: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied to every method
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.algos if a not in ALGORITHMS]
+        if unknown:
+            raise ConfigError(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
+        if self.seeds < 1 or self.episodes < 1 or self.eval_episodes < 1:
+            raise ConfigError("seeds, episodes and eval episodes must be at least 1")
+
+
+def _method_overrides(settings: BenchSettings, defaults: dict[str, Any], algo: str, seed: int) -> dict[str, Any]:
+    overrides = {**defaults.get("train", {}), **defaults.get("algos", {}).get(algo, {}), **settings.overrides}
+    overrides["seed"] = seed
+    if settings.budget is not None:
+        overrides["max_steps"] = settings.budget
+    return overrides
+
+
+def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, log=print) -> list[EvalResult]:
+    out = Path(out)
+    defaults = env_defaults(settings.env)
+    data = out / "data" / f"{settings.env}.jsonl"
+    if not stats_path(data).is_file():
+        data_cfg = defaults.get("data", {})
+        log(f"generating {settings.episodes} {settings.env} episodes -> {data}")
+        stats = generate_dataset(settings.env, settings.policy or data_cfg.get("policy"), settings.episodes,
+                                 settings.data_seed, data, progress=progress)
+        log(f"  return {stats['return_mean']:.2f} (min {stats['return_min']:g}, max {stats['return_max']:g}), "
+            f"success {stats['success_rate']:.0%}, optimal {stats['optimal_rate']:.0%}")
+    eval_cfg = defaults.get("eval", {})
+    results: list[EvalResult] = []
+    # BC first: a Q-SFT run of the same seed reuses it as its frozen behavior model (Algorithm 1).
+    order = sorted(settings.algos, key=lambda a: a != "bc")
+    for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
+        for algo in order:
+            run_dir = out / "runs" / f"{algo}-seed{seed}"
+            if (run_dir / RESULTS).is_file():
+                log(f"{algo} seed {seed}: done earlier, reusing {run_dir / RESULTS}")
+                results.append(EvalResult.load(run_dir / RESULTS))
+                continue
+            overrides = _method_overrides(settings, defaults, algo, seed)
+            bc_dir = out / "runs" / f"bc-seed{seed}"
+            if algo == "qsft" and "bc" in settings.algos and "behavior" not in overrides:
+                overrides["behavior"] = str(bc_dir)
+            overrides.setdefault("disable_tqdm", not progress)
+            log(f"training {algo} seed {seed} ({overrides.get('max_steps', 'default')} steps) -> {run_dir}")
+            train(algo, data, settings.model, run_dir, overrides, env=settings.env)
+            mode_cfg = eval_cfg.get(algo, {}) if isinstance(eval_cfg.get(algo), dict) else {}
+            result = evaluate(run_dir, settings.env, settings.eval_episodes, mode=mode_cfg.get("decode"),
+                              beta=mode_cfg.get("beta"), seed=1000 + seed, greedy=mode_cfg.get("greedy", False),
+                              batch_size=eval_cfg.get("batch_size", 32), out=run_dir / RESULTS, label=algo,
+                              progress=progress)
+            log(f"  {algo} seed {seed}: return {result.summary.mean_return:.2f}, "
+                f"success {result.summary.success_rate:.0%}, score {result.summary.normalized_score}")
+            results.append(result)
+    write_bench_report(settings, results, out)
+    return results
+
+
+def aggregate(results: list[EvalResult]) -> dict[str, dict[str, float]]:
+    """Per method: mean ± 95% CI over seeds of the normalised score, return and success rate."""
+    by_method: dict[str, list[EvalResult]] = {}
+    for r in results:
+        by_method.setdefault(r.config.get("method", r.method), []).append(r)
+    table = {}
+    for method, runs in by_method.items():
+        scores = [r.summary.normalized_score for r in runs if r.summary.normalized_score is not None]
+        returns = [r.summary.mean_return for r in runs]
+        success = [r.summary.success_rate for r in runs]
+        score_mean, score_ci = mean_ci95(scores) if scores else (float("nan"), float("nan"))
+        ret_mean, ret_ci = mean_ci95(returns)
+        table[method] = {"seeds": len(runs), "score": score_mean, "score_ci95": score_ci, "return": ret_mean,
+                         "return_ci95": ret_ci, "success": statistics.fmean(success),
+                         "per_seed_scores": scores}
+    return table
+
+
+def format_table(env: str, table: dict[str, dict[str, float]]) -> str:
+    lines = [f"| method | env | seeds | normalised score | return | success |",
+             "|---|---|---|---|---|---|"]
+    for method, row in table.items():
+        lines.append(f"| {method} | {env} | {row['seeds']} | {row['score']:.1f} ± {row['score_ci95']:.1f} | "
+                     f"{row['return']:.2f} ± {row['return_ci95']:.2f} | {row['success']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_bench_report(settings: BenchSettings, results: list[EvalResult], out: Path) -> Path:
+    from qsft.eval.plots import comparison_chart
+
+    table = aggregate(results)
+    atomic_write_text(out / "report.md", f"# qsft bench: {settings.env}\n\n" + format_table(settings.env, table))
+    scores = {(m, settings.env): (row["score"], row["score"] - row["score_ci95"], row["score"] + row["score_ci95"])
+              for m, row in table.items()}
+    comparison_chart(list(table), [settings.env], scores, out / "report.png", "normalised score")
+    atomic_write_json(out / "bench.json", {"settings": asdict(settings), "table": table})
+    return out / "report.md"

@@ -1,0 +1,41 @@
+"""`qsft bench`: every algorithm on the same data, model and step budget; a results folder out."""
+
+from __future__ import annotations
+
+import argparse
+
+from qsft.cli.common import reports_errors
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="Compare methods (bc, filtered_bc, ilql, qsft) on one environment over seeds.",
+        description="Generates (or reuses) the dataset, trains every algorithm with the same model, data and "
+                    "step budget, evaluates each, and writes report.md/report.png/bench.json under --out. "
+                    "Finished runs are reused, so an interrupted bench resumes.")
+    parser.add_argument("--env", required=True, help="Environment name (qsft data generate --help lists them).")
+    parser.add_argument("--algos", default="bc,filtered_bc,ilql,qsft", help="Comma-separated algorithms.")
+    parser.add_argument("--seeds", type=int, default=3, help="Training/evaluation seeds per algorithm.")
+    parser.add_argument("--episodes", type=int, default=1000, help="Dataset size (episodes) to generate.")
+    parser.add_argument("--eval-episodes", type=int, default=100, help="Evaluation episodes per run.")
+    parser.add_argument("--model", default="tiny", help="'tiny' or a local Hugging Face model directory.")
+    parser.add_argument("--budget", type=int, help="Optimizer steps per method (default: the env's YAML).")
+    parser.add_argument("--policy", help="Behavior policy spec for the dataset (default: the env's).")
+    parser.add_argument("--data-seed", type=int, default=0, help="Seed of the generated dataset.")
+    parser.add_argument("--out", default=None, help="Results folder (default: bench-<env>).")
+    parser.set_defaults(handler=run)
+
+
+@reports_errors
+def run(args: argparse.Namespace) -> int:
+    from qsft.bench import BenchSettings, aggregate, format_table, run_bench
+
+    settings = BenchSettings(env=args.env, algos=[a.strip() for a in args.algos.split(",") if a.strip()],
+                             seeds=args.seeds, episodes=args.episodes, eval_episodes=args.eval_episodes,
+                             model=args.model, budget=args.budget, data_seed=args.data_seed, policy=args.policy)
+    out = args.out or f"bench-{args.env}"
+    results = run_bench(settings, out)
+    print()
+    print(format_table(args.env, aggregate(results)))
+    print(f"wrote {out}/report.md, {out}/report.png, {out}/bench.json and per-run results under {out}/runs/")
+    return 0
