@@ -129,7 +129,7 @@ def aggregate(results: list[EvalResult]) -> dict[str, dict[str, float]]:
 
 
 def format_table(env: str, table: dict[str, dict[str, float]]) -> str:
-    lines = [f"| method | env | seeds | normalised score | return | success |",
+    lines = ["| method | env | seeds | normalised score | return | success |",
              "|---|---|---|---|---|---|"]
     for method, row in table.items():
         lines.append(f"| {method} | {env} | {row['seeds']} | {row['score']:.1f} ± {row['score_ci95']:.1f} | "

@@ -65,7 +65,7 @@ def train(variant: str):
         q_model.table.copy_(behavior.table)  # Algorithm 1: initialise from the behavior model
     target_table = q_model.table.detach().clone()
     opt = torch.optim.Adam(q_model.parameters(), lr=0.05)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids = batch["input_ids"]
     with torch.no_grad():
         behavior_logits = behavior(ids)
         next_behavior = last_logits(behavior, batch["next_input_ids"], batch["next_attention_mask"])

@@ -55,7 +55,7 @@ def parse_episode(obj: Any, *, source: str | None = None, line: int | None = Non
         if not isinstance(item, dict):
             raise fail(f"each turn must be an object, got {type(item).__name__}", where, episode_id)
         role = item.get(role_key)
-        if role not in role_map:
+        if not isinstance(role, str) or role not in role_map:
             raise fail(f"unknown role {role!r}; expected one of {sorted(role_map)}", f"{where}.{role_key}",
                        episode_id)
         text = item.get(text_key)
