@@ -101,7 +101,7 @@ class TextEnv(ABC):
     @abstractmethod
     def _step(self, action: str) -> StepResult: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for envs that hold nothing
         """Release external resources (engines, processes); the env may not be used afterwards."""
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@ then "\\n" ("8 / 8 / ... w   -   -   0   1\\n"); the action is a move in SAN ("Q
 already made when the next observation arrives.
 
 Rewards: +1 when white mates (the episode ends, success); 0 for an ordinary move and for a draw
-(stalemate, insufficient material after black captures, threefold repetition, the 50-move rule:
+(stalemate, insufficient material after black captures, a position occurring a third time:
 the episode ends); -1 if white is mated (impossible here, kept for completeness); -1 for an
 illegal or unparseable move, which leaves the board unchanged and the episode running (as in
 LMRL-Gym, so returns of a bad agent go below -1). At most 50 white moves (illegal attempts count).
@@ -50,6 +50,18 @@ def random_endgame(pieces: str, rng: random.Random) -> chess.Board:
 
 def spaced_fen(board: chess.Board) -> str:
     return " ".join(board.fen()) + "\n"
+
+
+def game_outcome(board: chess.Board) -> chess.Outcome | None:
+    """How the game ended, or None. A threefold repetition that actually happened ends it.
+
+    Not `board.outcome(claim_draw=True)`: that also reports a draw when the side to move merely
+    *could* claim one with its next move, which would end games the winning side is still playing.
+    """
+    outcome = board.outcome()
+    if outcome is None and board.is_repetition(3):
+        return chess.Outcome(chess.Termination.THREEFOLD_REPETITION, None)
+    return outcome
 
 
 def parse_move(board: chess.Board, action: str) -> chess.Move | None:
@@ -114,11 +126,11 @@ class ChessEndgameEnv(TextEnv):
             return spaced_fen(self.board), self.ILLEGAL_MOVE_REWARD, False, {"invalid": True}
         info: dict = {"invalid": False, "move": self.board.san(move)}
         self.board.push(move)
-        if self.board.outcome(claim_draw=True) is None:
+        if game_outcome(self.board) is None:
             reply = stockfish.best_move(self.board, self.opponent_depth)
             info["opponent_move"] = self.board.san(reply)
             self.board.push(reply)
-        outcome = self.board.outcome(claim_draw=True)
+        outcome = game_outcome(self.board)
         if outcome is None:
             return spaced_fen(self.board), 0.0, False, info
         info["termination"] = outcome.termination.name.lower()

@@ -14,7 +14,7 @@ from qsft.errors import ConfigError, EnvError
 # Depth of `optimal`: deep enough to mate every endgame here well inside 50 moves.
 OPTIMAL_DEPTH = 12
 # Depth of the good side of `epsilon` / `mixture`: still mates reliably, at a fraction of the cost.
-BEHAVIOR_DEPTH = 6
+BEHAVIOR_DEPTH = 8
 
 
 def _chess(env: TextEnv) -> ChessEndgameEnv:

@@ -147,9 +147,9 @@ def generate_dataset(env_name: str, policy_spec: str | None, n: int, seed: int, 
 
     Both files are written atomically; returns the summary (as stored in the sidecar).
     """
+    env = make(env_name, **(env_kwargs or {}))  # fails fast on an unknown name or bad kwargs
     spec = policy_spec or default_policy_spec(env_name)
     episodes = generate_episodes(env_name, spec, n, seed, env_kwargs, progress)
-    env = make(env_name, **(env_kwargs or {}))
     save_episodes(out_path, episodes)
     stats = {
         "file": os.fspath(out_path),

@@ -8,7 +8,7 @@ takes a greedy step toward the region's waypoint (the junction of an arm, the go
 centre) with probability P (default 0.3), else a random move.
 
 Why: only episodes that start in the central region can reach the goal, so most trajectories
-fail (about a quarter succeed) and behavior cloning learns a slow random walk; yet from every
+fail (about 30% succeed) and behavior cloning learns a slow random walk; yet from every
 cell the data holds the shortest-path move (arms are walked to their junction, the centre to
 the goal), so a Q-learner can stitch arm segments to central successes and beat cloning.
 """

@@ -36,7 +36,7 @@ from qsft.errors import ConfigError, EnvError
 class Policy(ABC):
     """Chooses the next agent utterance for a live environment."""
 
-    def begin_episode(self, env: TextEnv, rng: random.Random) -> None:
+    def begin_episode(self, env: TextEnv, rng: random.Random) -> None:  # noqa: B027 - optional hook
         """Called right after `env.reset`; per-episode choices (mixture component, region) go here."""
 
     @abstractmethod

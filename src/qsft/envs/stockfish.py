@@ -1,8 +1,8 @@
 """One Stockfish process per Python process, shared by every chess environment and policy.
 
 Found via `$QSFT_STOCKFISH`, then `stockfish` on PATH, then Debian's `/usr/games/stockfish`
-(not on PATH by default). Started on first use, closed at exit, restarted after a fork (a
-child must not talk to its parent's engine).
+(not on PATH by default). Started on first use, closed at interpreter exit, restarted after a
+fork (a child must not talk to its parent's engine).
 
 Strength is a search depth, not Stockfish's "Skill Level" or a time limit: skill levels below
 20 pick moves with a time-seeded random generator and time limits depend on machine load, and
@@ -63,27 +63,33 @@ def _engine_for_this_process() -> chess.engine.SimpleEngine:
     return _engine
 
 
+def _discard_engine() -> None:
+    """Forget a dead engine, stopping its I/O thread (which would otherwise block interpreter exit)."""
+    global _engine
+    dead, _engine = _engine, None
+    if dead is not None:
+        dead.close()
+
+
 def best_move(board: chess.Board, depth: int) -> chess.Move:
     """Stockfish's move for the side to move, searched to `depth` plies (deterministic)."""
-    global _engine
     limit = chess.engine.Limit(depth=depth)
     with _lock:
-        for attempt in range(2):
-            engine = _engine_for_this_process()
+        try:
+            result = _engine_for_this_process().play(board, limit, game=object())
+        except chess.engine.EngineTerminatedError:
+            _discard_engine()  # it died (killed, out of memory): start a fresh one, once
             try:
-                result = engine.play(board, limit, game=object())
-                break
+                result = _engine_for_this_process().play(board, limit, game=object())
             except chess.engine.EngineTerminatedError:
-                _engine = None  # it died (killed, out of memory): start a fresh one once
-                if attempt:
-                    raise EnvError("Stockfish terminated unexpectedly twice in a row") from None
+                raise EnvError("Stockfish terminated unexpectedly twice in a row") from None
     if result.move is None:
         raise EnvError(f"Stockfish returned no move for {board.fen()}")
     return result.move
 
 
 def close_engine() -> None:
-    """Quit the shared engine (also registered with atexit)."""
+    """Quit the shared engine (also run automatically at interpreter exit)."""
     global _engine
     with _lock:
         if _engine is not None and _engine_pid == os.getpid():
@@ -94,4 +100,8 @@ def close_engine() -> None:
         _engine = None
 
 
-atexit.register(close_engine)
+# SimpleEngine talks to Stockfish from a non-daemon thread, and the interpreter joins such threads
+# *before* running atexit hooks: a plain atexit hook would never run and exit would hang.
+# threading._register_atexit (what concurrent.futures uses) runs before that join.
+_register_exit_hook = getattr(threading, "_register_atexit", atexit.register)
+_register_exit_hook(close_engine)
