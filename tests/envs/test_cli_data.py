@@ -44,7 +44,9 @@ def test_generate_with_env_args_and_policy(tmp_path, capsys):
     code, _, _ = run(["data", "generate", "--env", "maze", "--policy", "random", "--episodes", "5",
                       "--env-arg", "max_turns=7", "--out", str(out), "--no-progress"], capsys)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert code == 0 and all(len(ep["turns"]) <= 2 * 7 for ep in lines)
+    # 7 agent turns at most; a turn-limit cut keeps its final observation (truncated, done: false)
+    assert code == 0 and all(sum(t["role"] == "agent" for t in ep["turns"]) <= 7 for ep in lines)
+    assert all(not ep["done"] for ep in lines if ep["meta"]["truncated"])
 
 
 def test_validate_corrupt_file_names_the_line(tmp_path, capsys):

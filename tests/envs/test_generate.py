@@ -27,7 +27,9 @@ def test_episode_layout_and_meta():
     assert [e.id for e in episodes[:2]] == ["maze-1-0", "maze-1-1"]
     for ep in episodes:
         roles = [t.role for t in ep.turns]
-        assert roles[0] == "env" and roles[-1] == "agent" and ep.done
+        assert roles[0] == "env"
+        # real endings close on the agent's turn; turn-limit cuts keep the final observation to bootstrap from
+        assert (roles[-1] == "agent" and ep.done) or (roles[-1] == "env" and not ep.done and ep.meta["truncated"])
         assert all(a != b for a, b in zip(roles, roles[1:]))  # strictly alternating
         assert all(t.text.endswith("\n") for t in ep.turns if t.role == "env")
         assert all("\n" not in t.text for t in ep.turns if t.role == "agent")

@@ -1,7 +1,7 @@
 """A tiny tokenizer built offline from the dataset's own text, for models trained from scratch.
 
-`word` level splits into runs of word characters, single punctuation marks and whitespace runs
-(so decoding is exact); `char` level makes every character a token. Both are `tokenizers`
+`word` level splits into words and punctuation marks, each carrying the single space before it
+(GPT-2 style, so sequences stay short), plus other whitespace runs — decoding is exact; `char` level makes every character a token. Both are `tokenizers`
 WordLevel models wrapped in `PreTrainedTokenizerFast`, saved and loaded like any HF tokenizer.
 """
 
@@ -17,7 +17,7 @@ from qsft.errors import ConfigError
 
 PAD, BOS, EOT, UNK, DUMMY = "[PAD]", "[BOS]", "[EOT]", "[UNK]", "[DUMMY]"
 SPECIAL_TOKENS = (PAD, BOS, EOT, UNK, DUMMY)
-LEVELS = {"word": r"\w+|[^\w\s]|\s+", "char": ""}
+LEVELS = {"word": r" ?\w+| ?[^\w\s]|\s+", "char": ""}
 
 
 def build_tiny_tokenizer(texts: Iterable[str], level: str = "word", min_count: int = 1) -> PreTrainedTokenizerFast:
@@ -26,8 +26,9 @@ def build_tiny_tokenizer(texts: Iterable[str], level: str = "word", min_count: i
         raise ConfigError(f"tiny tokenizer level must be one of {sorted(LEVELS)}, got {level!r}")
     splitter = pre_tokenizers.Split(Regex(LEVELS[level]) if level == "word" else "", behavior="isolated")
     counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(piece for piece, _ in splitter.pre_tokenize_str(text))
+    for text, repeats in Counter(texts).items():  # datasets repeat observations: split each once
+        for piece, _ in splitter.pre_tokenize_str(text):
+            counts[piece] += repeats
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for piece, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         if count >= min_count and piece not in vocab:

@@ -3,8 +3,11 @@
 Episode i of a dataset made with `seed` uses a start seed and a policy seed derived from
 (seed, i) by numpy's SeedSequence, so any episode can be regenerated on its own and the same
 arguments always give identical files. An episode is the first observation followed by
-alternating agent / env turns; it ends with the last agent turn (`done: true`), also when the
-turn limit cut it short (the limit is part of the environment; `meta.truncated` says so).
+alternating agent / env turns. A real ending (goal, win, loss) ends with the last agent turn
+(`done: true`). An episode cut short by the turn limit is *truncated*: it keeps the final observation
+as its last turn and says `done: false`, because the turn count is not part of the observation —
+treating the cut as a terminal state worth 0 would teach a Q-learner that ordinary states are worthless
+(time-limit bootstrapping); `meta.truncated` says so too.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def run_episode(env: TextEnv, policy: Policy, start_seed: int, policy_seed: int,
         turns.append(Turn("agent", action, reward))
         invalid_actions += bool(info["invalid"])
         if done:
+            if info.get("truncated") and not info["success"]:
+                turns.append(Turn("env", observation))  # the bootstrap state of a time-limit cut
             break
         turns.append(Turn("env", observation))
     episode_meta = {
@@ -58,14 +63,14 @@ def run_episode(env: TextEnv, policy: Policy, start_seed: int, policy_seed: int,
         "success": bool(info["success"]),
         "return": float(sum(t.reward for t in turns if t.role == "agent")),
         "optimal_return": env.optimal_return(),
-        "turns": len(turns) // 2,
+        "turns": sum(t.role == "agent" for t in turns),
         "invalid_actions": invalid_actions,
         "truncated": bool(info["truncated"]),
         "start_seed": start_seed,
         "behavior": policy.label,
         **(meta or {}),
     }
-    return Episode(episode_id, tuple(turns), True, episode_meta)
+    return Episode(episode_id, tuple(turns), not episode_meta["truncated"], episode_meta)
 
 
 def generate_episodes(env_name: str, policy_spec: str | None, n: int, seed: int,
