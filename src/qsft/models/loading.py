@@ -6,6 +6,7 @@ clear message instead of a network timeout.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -38,6 +39,12 @@ def build_tiny_model(tokenizer, preset: str = "tiny", n_positions: int = 512, se
     return GPT2LMHeadModel(config)
 
 
+def freshly_initialised(model, seed: int):
+    """A model of the same architecture and vocabulary as `model`, with new random weights."""
+    torch.manual_seed(seed)
+    return type(model)(model.config)
+
+
 def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
@@ -52,10 +59,27 @@ def check_model_dir(path: str | Path) -> Path:
 def load_model(path: str | Path, dtype: torch.dtype | None = None):
     """`AutoModelForCausalLM.from_pretrained` on a local directory, with errors that say what is wrong."""
     path = check_model_dir(path)
+    if not (path / "config.json").is_file():  # a LoRA adapter folder (check_model_dir allows no other)
+        return _merged_adapter_model(path, dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"could not load a causal LM from {path}: {err}") from None
+
+
+def _merged_adapter_model(path: Path, dtype: torch.dtype | None):
+    """The base model named in the adapter's config with the adapter merged in (a `--lora` run's model).
+
+    transformers' own adapter loading needs a newer peft than the one pinned here; this needs none
+    of it and gives a plain causal LM.
+    """
+    from qsft.models.lora import ADAPTER_CONFIG, merged_model
+
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise ModelLoadError(f"{path} is a LoRA adapter whose base model {base!r} is not a local directory "
+                             "(moved run? load it with qsft.models.run_models.load_run_models)")
+    return merged_model(load_model(base, dtype), path)
 
 
 def load_tokenizer(path: str | Path):
@@ -88,6 +112,30 @@ def ensure_dummy_token(tokenizer, model, dummy_token: str) -> int:
                               "be a real action; pick a string the tokenizer does not know, e.g. '<|qsft_dummy|>'")
         return vocab[dummy_token]
     tokenizer.add_special_tokens({"additional_special_tokens": [dummy_token]})
-    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+    if model is not None:
+        resize_embeddings(model, len(tokenizer))
     return tokenizer.convert_tokens_to_ids(dummy_token)
+
+
+@torch.no_grad()
+def resize_embeddings(model, vocab_size: int) -> None:
+    """Grow the (input and output) embeddings to `vocab_size` rows, new rows = the mean of the old rows.
+
+    Deterministic on purpose: `resize_token_embeddings` draws the new rows at random (the mean
+    plus noise) from the global RNG, so the frozen behavior model of a resumed run or of another
+    DDP rank would get a slightly different dummy row than the uninterrupted run, and later random
+    draws would shift. Here the rows are exact and the global RNG is left untouched.
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    if old >= vocab_size:
+        return
+    with torch.random.fork_rng(devices=[]):
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    for weight in matrices:
+        weight[old:] = weight[:old].mean(dim=0)
+    if output is not None and getattr(output, "bias", None) is not None:
+        output.bias[old:] = output.bias[:old].mean()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from transformers import Trainer
@@ -11,6 +12,7 @@ from transformers import Trainer
 from qsft.data.collate import TokenMDPCollator
 from qsft.errors import NumericalError
 from qsft.models.loading import bos_token_id
+from qsft.models.lora import is_lora_model, load_adapter_into
 
 
 class OfflineRLTrainer(Trainer):
@@ -33,6 +35,20 @@ class OfflineRLTrainer(Trainer):
         logits = cls.logits(model, input_ids, attention_mask)
         last = attention_mask.sum(1) - 1
         return logits[torch.arange(input_ids.shape[0], device=logits.device), last]
+
+    def trained_adapters(self, model) -> list[str]:
+        """LoRA adapters whose weights this trainer changes (restored from checkpoints on resume)."""
+        return [model.active_adapter]
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        peft_model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not is_lora_model(peft_model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        # The Trainer's own PEFT path re-creates adapters through peft and resets which one is
+        # trainable; load the weights in place instead (peft saves adapter X in checkpoint-N/X/).
+        for adapter in self.trained_adapters(peft_model):
+            load_adapter_into(peft_model, adapter, Path(resume_from_checkpoint) / adapter)
 
     def record(self, name: str, value: float) -> None:
         if not math.isfinite(value):

@@ -83,10 +83,18 @@ class QSFTConfig(OfflineRLConfig):
         "help": "Behavior model: a trained model dir (frozen), 'cotrain', or empty to train it first by SFT."})
     behavior_max_steps: int | None = field(default=None, metadata={
         "help": "SFT steps for the behavior model trained first (default: max_steps)."})
-    q_init: str = field(default="behavior", metadata={
+    q_init: str = field(default="model", metadata={
         "help": "Initialise the Q-model from the 'behavior' model's weights or from the base 'model'."})
     reward_transform: str = field(default="episode_return", metadata={
         "help": "none | scale[:RMAX] | episode_return[:LO:HI] | success (rewards into [0, 1])."})
+    lora: bool = field(default=False, metadata={
+        "help": "Q-model, behavior model and target as three LoRA adapters on one frozen base (needs peft)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "Dropout on the LoRA path while an adapter trains (behavior/target passes run without it)."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "Comma-separated module names to adapt (GPT-2: c_attn,c_proj,c_fc), or 'all-linear'."})
 
     def __post_init__(self) -> None:
         if not 0 < self.gamma <= 1:
@@ -103,5 +111,21 @@ class QSFTConfig(OfflineRLConfig):
             raise ConfigError(f"loss_variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
         if self.q_init not in ("behavior", "model"):
             raise ConfigError(f"q_init must be 'behavior' or 'model', got {self.q_init!r}")
+        if self.lora and self.behavior == "cotrain":
+            raise ConfigError("lora cannot co-train the behavior model: leave --behavior empty (trained first) "
+                              "or give a behavior adapter directory")
+        if self.lora_r < 1:
+            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         parse_spec(self.reward_transform)
         super().__post_init__()
+
+    def lora_modules(self) -> list[str] | str:
+        """`lora_target_modules` as peft wants it: 'all-linear' or a list of module names."""
+        if self.lora_target_modules.strip() == "all-linear":
+            return "all-linear"
+        names = [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
+        if not names:
+            raise ConfigError("lora_target_modules is empty: give module names (e.g. c_attn,c_proj) or 'all-linear'")
+        return names

@@ -3,6 +3,10 @@
 The Q-model is `self.model` (what the Trainer optimises and saves); the behavior model is frozen
 (or co-trained with its SFT loss added); the target network lives beside them and is saved
 inside every checkpoint so a resumed run continues exactly.
+
+With LoRA (`behavior_model=None`, `model` a PeftModel from `qsft.models.lora`) the three are
+adapters of one frozen base: `self.behavior_model` / `self.target_model` are views that run the
+shared model through the "behavior" / "target" adapter, and only the "q_model" adapter trains.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from safetensors.torch import load_model, save_model
 from transformers import TrainerCallback
 
 from qsft.algorithms.qsft import behavior_cloning_loss, qsft_loss
+from qsft.errors import ConfigError
+from qsft.models.lora import (
+    BEHAVIOR_ADAPTER,
+    Q_ADAPTER,
+    TARGET_ADAPTER,
+    AdapterView,
+    adapter_pairs,
+    is_lora_model,
+)
 from qsft.models.target import hard_update, make_target, polyak_update
 from qsft.training.base import OfflineRLTrainer
 
@@ -28,11 +41,11 @@ class TargetUpdateCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        q_model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        target, source = self.trainer.target_and_q_parameters()
         if args.target_update == "polyak":
-            polyak_update(self.trainer.target_model, q_model, args.tau)
+            polyak_update(target, source, args.tau)
         elif state.global_step % args.target_update_steps == 0:
-            hard_update(self.trainer.target_model, q_model)
+            hard_update(target, source)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         # DDP averages the Q-model's gradients; a co-trained behavior model is outside the DDP
@@ -49,14 +62,30 @@ class QSFTTrainer(OfflineRLTrainer):
     def __init__(self, model, behavior_model, args, train_dataset, processing_class,
                  dummy_token_id: int | None = None, **kwargs) -> None:
         self.cotrain = args.behavior == "cotrain"
+        self.lora = behavior_model is None
+        if self.lora and not is_lora_model(model):
+            raise ConfigError("QSFTTrainer needs a behavior model, or a LoRA model with a 'behavior' adapter")
+        if self.lora and self.cotrain:
+            raise ConfigError("behavior 'cotrain' is not available with --lora: train the behavior adapter first")
         super().__init__(model, args, train_dataset, processing_class, **kwargs)
         self.loss_variant = args.loss_variant or "uniform"
         self.dummy_token_id = dummy_token_id
-        self.behavior_model = behavior_model.to(self.args.device)
-        if not self.cotrain:
-            self.behavior_model.requires_grad_(False).eval()
-        self.target_model = make_target(self.accelerator.unwrap_model(self.model)).to(self.args.device)
+        if self.lora:
+            self.behavior_model = AdapterView(model, BEHAVIOR_ADAPTER)
+            self.target_model = AdapterView(model, TARGET_ADAPTER)
+        else:
+            self.behavior_model = behavior_model.to(self.args.device)
+            if not self.cotrain:
+                self.behavior_model.requires_grad_(False).eval()
+            self.target_model = make_target(self.accelerator.unwrap_model(self.model)).to(self.args.device)
         self.add_callback(TargetUpdateCallback(self))
+
+    def target_and_q_parameters(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Matching parameter lists of the target network and the Q-model (what Polyak/hard updates move)."""
+        q_model = self.accelerator.unwrap_model(self.model)
+        if self.lora:
+            return adapter_pairs(q_model, TARGET_ADAPTER, Q_ADAPTER)
+        return list(self.target_model.parameters()), list(q_model.parameters())
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
@@ -68,12 +97,13 @@ class QSFTTrainer(OfflineRLTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
-        q_logits = self.logits(model, ids, attention)  # [B, T, V]
         loss_behavior = None
         if self.cotrain:
             behavior_live = self.logits(self.behavior_model, ids, attention)
             loss_behavior = behavior_cloning_loss(behavior_live, ids, inputs["action_mask"])
             behavior_logits = behavior_live.detach()
+        # no-grad passes first: with LoRA they switch the shared model's adapter, and the Q-model's
+        # graph is then built last, with nothing changed underneath it before backward
         with torch.no_grad():
             target_logits = self.logits(self.target_model, ids, attention)
             if not self.cotrain:
@@ -83,6 +113,7 @@ class QSFTTrainer(OfflineRLTrainer):
                 nxt, nxt_mask = inputs["next_input_ids"], inputs["next_attention_mask"]
                 next_target = self.last_logits(self.target_model, nxt, nxt_mask)
                 next_behavior = self.last_logits(self.behavior_model, nxt, nxt_mask)
+        q_logits = self.logits(model, ids, attention)  # [B, T, V]
         out = qsft_loss(q_logits, target_logits, behavior_logits, ids, inputs["action_mask"], inputs["reward"],
                         inputs["discount"], inputs["next_state_index"], next_target, next_behavior,
                         variant=self.loss_variant, dummy_token_id=self.dummy_token_id,
@@ -103,14 +134,20 @@ class QSFTTrainer(OfflineRLTrainer):
     # --- the target (and a co-trained behavior) model travel inside every checkpoint ---
     def _save_checkpoint(self, model, trial):
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
+        # LoRA: the Trainer saves the PeftModel with every adapter (folder/target/ included)
+        if self.args.should_save and not self.lora:
             self._save_weights(self.target_model, folder / TARGET_DIR)
             if self.cotrain:
                 self._save_weights(self.behavior_model, folder / BEHAVIOR_DIR)
         super()._save_checkpoint(model, trial)  # writes trainer_state.json last: its presence = complete
 
+    def trained_adapters(self, model) -> list[str]:
+        return [Q_ADAPTER, TARGET_ADAPTER]  # the frozen behavior adapter comes from OUT/behavior
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.lora:
+            return
         self._load_weights(self.target_model, Path(resume_from_checkpoint) / TARGET_DIR)
         if self.cotrain:
             self._load_weights(self.behavior_model, Path(resume_from_checkpoint) / BEHAVIOR_DIR)

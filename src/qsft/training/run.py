@@ -6,6 +6,13 @@ Output directory layout (everything `qsft eval` needs):
     OUT/behavior/                                         behavior model trained in-run (Q-SFT)
     OUT/checkpoint-N/                                     Trainer checkpoints (+ target/)
     OUT/runs/                                             TensorBoard logs
+
+With `lora` the models are adapters (`qsft.models.lora`): OUT/adapter_model.safetensors +
+adapter_config.json is the Q adapter, OUT/behavior/ the behavior adapter, and the frozen base
+is OUT/base/ (a tiny or token-resized base) or the `--model` directory (`RunInfo.base_model`).
+`qsft.models.run_models.load_run_models(OUT)` rebuilds the Q-model and behavior model of any run.
+
+Only the main process writes OUT files (`should_save`); the others wait where they must read them.
 """
 
 from __future__ import annotations
@@ -13,18 +20,39 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from transformers import set_seed
 
 from qsft.data.episode import Episode
 from qsft.data.io import load_episodes
+from qsft.data.rewards import apply_reward_transform
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer
 from qsft.errors import ConfigError
 from qsft.io import atomic_write_json
-from qsft.models.loading import build_tiny_model, ensure_dummy_token, load_model, load_tokenizer
+from qsft.models.loading import (
+    build_tiny_model,
+    check_model_dir,
+    ensure_dummy_token,
+    freshly_initialised,
+    load_model,
+    load_tokenizer,
+    resize_embeddings,
+)
+from qsft.models.lora import (
+    BEHAVIOR_ADAPTER,
+    Q_ADAPTER,
+    add_q_and_target_adapters,
+    is_lora_model,
+    load_adapter_into,
+    load_behavior_adapter,
+    save_adapter,
+    wrap_with_behavior_adapter,
+)
 from qsft.training.bc import BCTrainer
 from qsft.training.checkpoints import latest_complete_checkpoint
 from qsft.training.config import BCConfig, FilteredBCConfig, QSFTConfig
@@ -54,6 +82,8 @@ class RunInfo:
     data: str | None = None
     env: str | None = None
     data_stats: dict[str, Any] | None = None
+    lora: bool = False  # the Q-model (run dir) and behavior model are LoRA adapters of `base_model`
+    base_model: str | None = None  # relative to the run dir when inside it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: str | Path) -> None:
@@ -69,10 +99,16 @@ class RunInfo:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def behavior_path(self, run_dir: str | Path) -> Path | None:
-        if self.behavior_model is None:
-            return None
-        path = Path(self.behavior_model)
-        return path if path.is_absolute() else Path(run_dir) / path
+        return _resolve(run_dir, self.behavior_model)
+
+    def base_path(self, run_dir: str | Path) -> Path | None:
+        return _resolve(run_dir, self.base_model)
+
+
+def _resolve(run_dir: str | Path, path: str | None) -> Path | None:
+    if path is None:
+        return None
+    return Path(path) if Path(path).is_absolute() else Path(run_dir) / path
 
 
 def make_config(algo: str, out: str | Path, overrides: dict[str, Any] | None = None):
@@ -102,11 +138,25 @@ def _base_model_and_tokenizer(model: str, episodes: list[Episode], config):
     return load_model(model), load_tokenizer(model)
 
 
+def _wait_for_everyone() -> None:
+    """Barrier across DDP processes (a no-op in a single process)."""
+    PartialState().wait_for_everyone()
+
+
+def _save_tokenizer(tokenizer, config, folder: Path) -> None:
+    if config.should_save:
+        tokenizer.save_pretrained(str(folder))
+
+
 def _train_sft(model, tokenizer, episodes: list[Episode], config, out: Path) -> None:
     trainer = BCTrainer(model, config, sft_dataset(episodes, tokenizer, config), tokenizer)
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    if is_lora_model(model):
+        if config.should_save:
+            save_adapter(model, model.active_adapter, out)
+    else:
+        trainer.save_model(str(out))  # main process only
+    _save_tokenizer(tokenizer, config, out)
 
 
 def _resume_arg(config, out: Path):
@@ -122,6 +172,8 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
     """Train `algo` on episodes from `data`, starting from `model` ('tiny' or a local HF dir); returns OUT."""
     out = Path(out)
     config = make_config(algo, out, overrides)
+    if model != "tiny":
+        check_model_dir(model)  # fail before any data is read or anything is written
     set_seed(config.seed)
     episodes = load_episodes(data) if not isinstance(data, list) else data
     sidecar = _data_sidecar(data) if not isinstance(data, list) else None
@@ -136,22 +188,57 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
             info.extra["episodes_kept"] = len(episodes)
         base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
         _train_sft(base, tokenizer, episodes, config, out)
-        info.save(out)
-        return out
-
-    if algo == "ilql":  # LM + Q/V heads trained together from the base model (Snell et al. 2022)
+    elif algo == "ilql":  # LM + Q/V heads trained together from the base model (Snell et al. 2022)
         base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
         report = train_ilql(base, tokenizer, episodes, config, _resume_arg(config, out))
         info.gamma, info.reward = config.gamma, report.to_dict()
         info.extra.update(beta=config.beta, tau_expectile=config.tau_expectile, cql_weight=config.cql_weight)
+    else:
+        # bad rewards are reported before the behavior model spends minutes training
+        apply_reward_transform(episodes, config.reward_transform, config.gamma)
+        if config.lora:
+            _train_qsft_lora(model, episodes, config, overrides, out, info)
+        else:
+            _train_qsft(model, episodes, config, overrides, out, info)
+    if config.should_save:
         info.save(out)
-        return out
+    return out
 
-    # --- Q-SFT (paper Algorithm 1): behavior model first, then Q-model + target from the same weights ---
+
+def _loss_variant(config, model: str) -> str:
+    config.loss_variant = config.loss_variant or ("dummy" if model == "tiny" else "uniform")
+    return config.loss_variant
+
+
+def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides, out: Path, info: RunInfo) -> Path:
+    """Paper Algorithm 1, step 1: SFT the behavior model into OUT/behavior (skipped when a finished one is there).
+
+    OUT/behavior/qsft.json is written last, so its presence marks a finished behavior model
+    that a resumed run reuses; an unfinished one resumes from OUT/behavior/checkpoint-N.
+    """
+    behavior_dir = out / "behavior"
+    if not (behavior_dir / RUN_FILE).is_file():
+        bc_fields = {f.name for f in fields(BCConfig)}
+        bc_overrides = {k: v for k, v in (overrides or {}).items() if k in bc_fields}
+        bc_overrides["max_steps"] = config.behavior_max_steps or config.max_steps
+        bc_config = make_config("bc", behavior_dir, bc_overrides)
+        _train_sft(base, tokenizer, episodes, bc_config, behavior_dir)
+        if config.should_save:
+            RunInfo(algo="bc", history_turns=config.history_turns, max_length=config.max_length,
+                    data=info.data, env=info.env, data_stats=info.data_stats).save(behavior_dir)
+    _wait_for_everyone()  # the other processes read what the main process just wrote
+    info.behavior_model = "behavior"
+    return behavior_dir
+
+
+def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo) -> None:
+    """Q-SFT with three full models: behavior first, then Q-model + target from the same weights."""
     if config.behavior not in (None, "", "cotrain"):
         behavior_dir = Path(config.behavior)
         behavior, tokenizer = load_model(behavior_dir), load_tokenizer(behavior_dir)
-        base = load_model(model) if model != "tiny" and config.q_init == "model" else None
+        base = None
+        if config.q_init == "model":  # the base weights: `--model`, or a tiny model initialised afresh
+            base = load_model(model) if model != "tiny" else freshly_initialised(behavior, config.seed)
         info.behavior_model = str(behavior_dir.resolve())
     else:
         base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
@@ -159,38 +246,83 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
             behavior = copy.deepcopy(base)
             info.behavior_model = "behavior"
         else:
-            behavior_dir = out / "behavior"
-            if not (behavior_dir / RUN_FILE).is_file():  # a resumed run keeps its finished behavior model
-                bc_fields = {f.name for f in fields(BCConfig)}
-                bc_overrides = {k: v for k, v in (overrides or {}).items() if k in bc_fields}
-                bc_overrides["max_steps"] = config.behavior_max_steps or config.max_steps
-                bc_config = make_config("bc", behavior_dir, bc_overrides)
-                _train_sft(copy.deepcopy(base), tokenizer, episodes, bc_config, behavior_dir)
-                RunInfo(algo="bc", history_turns=config.history_turns, max_length=config.max_length,
-                        data=info.data, env=info.env, data_stats=sidecar).save(behavior_dir)
-            behavior = load_model(behavior_dir)
-            info.behavior_model = "behavior"
-    q_model = copy.deepcopy(behavior) if config.q_init == "behavior" or base is None else base
+            behavior = load_model(_behavior_first(copy.deepcopy(base), tokenizer, episodes, config, overrides,
+                                                  out, info))
+    q_model = copy.deepcopy(behavior) if config.q_init == "behavior" else base
 
-    variant = config.loss_variant or ("dummy" if model == "tiny" else "uniform")
-    config.loss_variant = variant
+    variant = _loss_variant(config, model)
     dummy_id = None
     if variant == "dummy":
         dummy_id = ensure_dummy_token(tokenizer, q_model, config.dummy_token)
-        if behavior.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            behavior.resize_token_embeddings(len(tokenizer))
+        resize_embeddings(behavior, len(tokenizer))
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id)
     trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id)
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    if config.behavior == "cotrain":
+    trainer.save_model(str(out))  # main process only, tokenizer included
+    if config.behavior == "cotrain" and config.should_save:
         trainer.behavior_model.save_pretrained(str(out / "behavior"))
         tokenizer.save_pretrained(str(out / "behavior"))
+    _record_qsft(info, config, variant, dummy_id, report)
+
+
+def _record_qsft(info: RunInfo, config, variant: str, dummy_id: int | None, report) -> None:
     info.loss_variant, info.dummy_token, info.dummy_token_id = variant, config.dummy_token, dummy_id
     info.gamma, info.support_threshold, info.reward = config.gamma, config.support_threshold, report.to_dict()
-    info.save(out)
-    return out
+
+
+def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: str):
+    """The frozen base every adapter shares, with the dummy token in its vocabulary, and where it lives.
+
+    A tiny base is random and a resized one differs from `--model`, so both are kept in OUT/base
+    (written whole, then renamed into place); a resumed run reloads it, since adapters only mean
+    something on the exact base they were trained on.
+    """
+    base_dir = out / "base"
+    if base_dir.is_dir():
+        return load_model(base_dir), load_tokenizer(base_dir), "base"
+    base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
+    vocab = base.get_input_embeddings().weight.shape[0]
+    if variant == "dummy":
+        ensure_dummy_token(tokenizer, base, config.dummy_token)
+    if model != "tiny" and base.get_input_embeddings().weight.shape[0] == vocab:
+        return base, tokenizer, str(Path(model).resolve())
+    if config.should_save:
+        partial = out / ".base.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        base.save_pretrained(str(partial))
+        tokenizer.save_pretrained(str(partial))
+        os.replace(partial, base_dir)
+    return base, tokenizer, "base"
+
+
+def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo) -> None:
+    """Q-SFT with one frozen base and three LoRA adapters: behavior (SFT first), q_model, target."""
+    variant = _loss_variant(config, model)
+    if config.behavior and model == "tiny":
+        raise ConfigError("with lora and --behavior ADAPTER_DIR, --model must be the base the adapter was "
+                          "trained on (a LoRA run's OUT/base), not 'tiny'")
+    base, tokenizer, info.base_model = _lora_base(model, episodes, config, out, variant)
+    if config.behavior:  # a behavior adapter trained before on this base
+        peft_model = load_behavior_adapter(base, config.behavior)
+        info.behavior_model = str(Path(config.behavior).resolve())
+    else:
+        peft_model = wrap_with_behavior_adapter(base, config.lora_r, config.lora_alpha, config.lora_dropout,
+                                                config.lora_modules())
+        # saved adapter configs name their base, so peft/transformers can also rebuild them alone
+        peft_model.peft_config[BEHAVIOR_ADAPTER].base_model_name_or_path = str(info.base_path(out).resolve())
+        behavior_dir = _behavior_first(peft_model, tokenizer, episodes, config, overrides, out, info)
+        load_adapter_into(peft_model, BEHAVIOR_ADAPTER, behavior_dir)  # all processes use the saved weights
+    dummy_id = tokenizer.convert_tokens_to_ids(config.dummy_token) if variant == "dummy" else None
+    add_q_and_target_adapters(peft_model, q_from_behavior=config.q_init == "behavior")
+    info.lora = True
+
+    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id)
+    trainer = QSFTTrainer(peft_model, None, config, dataset, tokenizer, dummy_token_id=dummy_id)
+    trainer.train(resume_from_checkpoint=_resume_arg(config, out))
+    if config.should_save:
+        save_adapter(peft_model, Q_ADAPTER, out)
+    _save_tokenizer(tokenizer, config, out)
+    _record_qsft(info, config, variant, dummy_id, report)
 
 
 def is_main_process() -> bool:
