@@ -12,11 +12,18 @@ import sys
 COMMAND_MODULES = ("data", "train", "eval", "bench", "demo")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes are one line (`error: ...`, exit 2), like every other qsft error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="qsft", description="Q-SFT: offline Q-learning for language models as weighted supervised fine-tuning.")
     parser.add_argument("--version", action="version", version=_version())
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"qsft.cli.{name}")
