@@ -58,3 +58,7 @@ class EnvError(QSFTError):
 
 class NumericalError(QSFTError):
     """A NaN/inf appeared in a target, q_hat or loss during training."""
+
+
+class TrainingInterrupted(QSFTError):
+    """SIGINT stopped training after saving a checkpoint; resume with --resume_from_checkpoint auto."""

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from qsft.data.collate import TokenMDPCollator
-from qsft.errors import NumericalError
+from qsft.errors import NumericalError, TrainingInterrupted
 from qsft.models.loading import bos_token_id
 from qsft.models.lora import is_lora_model, load_adapter_into
+
+
+class _InterruptCallback(TrainerCallback):
+    """Turns a SIGINT into 'save a checkpoint after this step, then stop'."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C: stop now, without waiting for the step to end
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 class OfflineRLTrainer(Trainer):
@@ -24,6 +44,32 @@ class OfflineRLTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
                          processing_class=processing_class, **kwargs)
         self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, plus: SIGINT saves a complete checkpoint and raises `TrainingInterrupted`.
+
+        Nothing is written as if the run had finished (no final model, no qsft.json), so a later
+        `--resume_from_checkpoint auto` continues exactly where it stopped.
+        """
+        interrupt = _InterruptCallback()
+        self.add_callback(interrupt)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, interrupt.handle)
+        try:
+            output = super().train(*args, **kwargs)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self.remove_callback(interrupt)
+        if interrupt.requested:
+            from qsft.training.checkpoints import latest_complete_checkpoint
+
+            checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            raise TrainingInterrupted(
+                f"interrupted at step {self.state.global_step}; checkpoint saved to {checkpoint}. "
+                "Resume with --resume_from_checkpoint auto (same command otherwise).")
+        return output
 
     @staticmethod
     def logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
