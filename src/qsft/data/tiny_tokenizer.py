@@ -20,8 +20,17 @@ SPECIAL_TOKENS = (PAD, BOS, EOT, UNK, DUMMY)
 LEVELS = {"word": r" ?\w+| ?[^\w\s]|\s+", "char": ""}
 
 
-def build_tiny_tokenizer(texts: Iterable[str], level: str = "word", min_count: int = 1) -> PreTrainedTokenizerFast:
-    """Vocabulary = special tokens + every piece seen in `texts` (at least `min_count` times)."""
+MAX_ACTION_TOKENS = 5000
+
+
+def build_tiny_tokenizer(texts: Iterable[str], level: str = "word", min_count: int = 1,
+                         action_texts: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """Vocabulary = special tokens + every piece seen in `texts` (at least `min_count` times).
+
+    `action_texts`: every distinct agent utterance also becomes one whole token, so an action is a
+    single decision (plus the end-of-turn token). Fewer token-level bootstraps per environment step,
+    and no max over noisy ratios at forced tokens (like "move" before every direction).
+    """
     if level not in LEVELS:
         raise ConfigError(f"tiny tokenizer level must be one of {sorted(LEVELS)}, got {level!r}")
     splitter = pre_tokenizers.Split(Regex(LEVELS[level]) if level == "word" else "", behavior="isolated")
@@ -36,6 +45,13 @@ def build_tiny_tokenizer(texts: Iterable[str], level: str = "word", min_count: i
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = splitter
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOT, unk_token=UNK,
         additional_special_tokens=[DUMMY])
+    if action_texts is not None:
+        actions = sorted(set(action_texts))
+        if len(actions) > MAX_ACTION_TOKENS:
+            raise ConfigError(f"{len(actions)} distinct agent utterances: too many to make each one token "
+                              f"(limit {MAX_ACTION_TOKENS}); turn action_tokens off")
+        tokenizer.add_tokens(actions)
+    return tokenizer

@@ -37,6 +37,8 @@ class OfflineRLConfig(TrainingArguments):
         "help": "Context = the last N turns before each agent turn (one sample per turn); default: whole episode."})
     tokenizer_level: str = field(default="word", metadata={
         "help": "Tiny model only: build a 'word' or 'char' level tokenizer from the dataset text."})
+    action_tokens: bool = field(default=False, metadata={
+        "help": "Tiny model only: make every distinct agent utterance one token (short action horizons)."})
     model_preset: str = field(default="tiny", metadata={"help": "Tiny model preset when --model tiny: tiny, micro, small."})
 
     def __post_init__(self) -> None:

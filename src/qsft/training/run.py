@@ -132,7 +132,9 @@ def _data_sidecar(data: str | Path) -> dict[str, Any] | None:
 
 def _base_model_and_tokenizer(model: str, episodes: list[Episode], config):
     if model == "tiny":
-        tokenizer = build_tiny_tokenizer((t.text for ep in episodes for t in ep.turns), config.tokenizer_level)
+        actions = [t.text for ep in episodes for t in ep.agent_turns] if config.action_tokens else None
+        tokenizer = build_tiny_tokenizer((t.text for ep in episodes for t in ep.turns), config.tokenizer_level,
+                                         action_texts=actions)
         n_positions = max(64, config.max_length)
         return build_tiny_model(tokenizer, config.model_preset, n_positions, seed=config.seed), tokenizer
     return load_model(model), load_tokenizer(model)
