@@ -196,10 +196,18 @@ def behavior_cloning_loss(
 def action_logprobs(
     logits: torch.Tensor,  # [B, T, V]
     input_ids: torch.Tensor,  # [B, T]
+    chunk_size: int = 64,
 ) -> torch.Tensor:  # [B, T] log p(x_t | x_<t); position 0 is 0
-    """Log-probability of every token given its prefix, aligned with input_ids."""
+    """Log-probability of every token given its prefix, aligned with input_ids.
+
+    Chunked over the sequence: a gather and a logsumexp per chunk, never a [B, T, V] log_softmax.
+    """
     logp = torch.zeros(input_ids.shape, dtype=torch.float32, device=logits.device)
-    logp[:, 1:] = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    for start in range(0, input_ids.shape[1] - 1, chunk_size):
+        stop = min(start + chunk_size, input_ids.shape[1] - 1)
+        rows = logits[:, start:stop].float()  # [B, c, V]
+        taken = rows.gather(-1, input_ids[:, start + 1:stop + 1, None]).squeeze(-1)
+        logp[:, start + 1:stop + 1] = taken - torch.logsumexp(rows, dim=-1)
     return logp
 
 
