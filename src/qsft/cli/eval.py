@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qsft.decoding.extraction import MODES
+from qsft.decoding.options import DEFAULT_MAX_NEW_TOKENS, MODES
 from qsft.errors import ConfigError, QSFTError
-from qsft.eval.rollout import DEFAULT_MAX_NEW_TOKENS
 
 Handler = Callable[[argparse.Namespace], int]
 
