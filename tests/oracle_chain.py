@@ -46,3 +46,24 @@ def random_episodes(n: int, seed: int = 0) -> list[Episode]:
             turns.append(Turn("env", f"p{position}"))
         episodes.append(Episode(f"chain-{i}", tuple(turns), done, {"success": done}))
     return episodes
+
+
+def chain_transitions(copies: int = 1) -> list[Episode]:
+    """Every (state, action) of the chain `copies` times, as one-turn episodes: terminal at the goal,
+    else truncated after the next observation (which the Bellman target bootstraps from).
+
+    Q-SFT's fixed point is q_hat = (data frequency of a in s / pi_beta(a|s)) * Q*. In sampled uniform
+    data the per-state frequencies stray from 1/2 by a few percent while a neural behavior model fits
+    the pooled frequency, so q_hat would be off by up to ~0.06; with each transition exactly once the
+    frequencies are exact and a test measures the Q-learning alone.
+    """
+    episodes = []
+    for copy in range(copies):
+        for state in range(GOAL):
+            for action in ACTIONS:
+                nxt, reward, done = step(state, action)
+                turns = (Turn("env", f"p{state}"), Turn("agent", action, reward))
+                if not done:
+                    turns += (Turn("env", f"p{nxt}"),)
+                episodes.append(Episode(f"chain-{copy}-{state}{action}", turns, done, {"success": done}))
+    return episodes

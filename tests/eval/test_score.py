@@ -13,7 +13,7 @@ from qsft.data.io import save_episodes
 from qsft.errors import ConfigError
 from qsft.eval.score import score
 from tests.decoding.fake_runs import fake_qsft_run, fake_single_model_run
-from tests.oracle_chain import ACTIONS, GAMMA, GOAL, q_star, random_episodes, step
+from tests.oracle_chain import GAMMA, chain_transitions, q_star, random_episodes
 
 
 def run_cli(argv: list[str]) -> int:
@@ -61,24 +61,6 @@ def test_score_needs_a_qsft_run(tmp_path, capsys):
     assert run_cli(["score", "--run", str(tmp_path), "--data", str(tmp_path / "d.jsonl"),
                     "--out", str(tmp_path / "s.jsonl")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "s.jsonl").exists()
-
-
-def chain_transitions() -> list[Episode]:
-    """Every (state, action) of the chain once, as a one-turn episode (truncated after the next state).
-
-    Q-SFT's fixed point is q_hat = (data frequency of a in s / pi_beta(a|s)) * Q*. In sampled
-    uniform data the per-state frequencies stray from 1/2 by a few percent while a neural behavior
-    model fits the pooled frequency, so q_hat would be off by up to ~0.06; with each transition
-    exactly once the frequencies are exact and the test measures the Q-learning alone.
-    """
-    episodes = []
-    for state in range(GOAL):
-        for action in ACTIONS:
-            nxt, reward, done = step(state, action)
-            turns = (Turn("env", f"p{state}"), Turn("agent", action, reward))
-            episodes.append(Episode(f"t{state}{action}", turns + (() if done else (Turn("env", f"p{nxt}"),)), done,
-                                    {"success": done}))
-    return episodes
 
 
 # Found by search on the tiny GPT-2 ("micro"), as in tests/training/test_cli_oracle.py: lr >= 5e-3

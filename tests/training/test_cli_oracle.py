@@ -22,26 +22,10 @@ from __future__ import annotations
 import torch
 
 from qsft.cli import main
-from qsft.data.episode import Episode, Turn
 from qsft.data.io import save_episodes
 from qsft.models.loading import load_tokenizer
 from qsft.models.run_models import load_run_models
-from tests.oracle_chain import ACTIONS, GAMMA, GOAL, q_star, step
-
-
-def chain_transitions(copies: int = 1) -> list[Episode]:
-    """Each (state, action) of the chain as a one-turn episode: terminal at the goal, else truncated
-    after the next observation (which the Bellman target bootstraps from)."""
-    episodes = []
-    for copy in range(copies):
-        for state in range(GOAL):
-            for action in ACTIONS:
-                nxt, reward, done = step(state, action)
-                turns = (Turn("env", f"p{state}"), Turn("agent", action, reward))
-                if not done:
-                    turns += (Turn("env", f"p{nxt}"),)
-                episodes.append(Episode(f"chain-{copy}-{state}{action}", turns, done, {"success": done}))
-    return episodes
+from tests.oracle_chain import ACTIONS, GAMMA, GOAL, chain_transitions, q_star
 
 
 def test_cli_training_recovers_q_star(tmp_path):
