@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=".venv/bin/python -m pip"
-$PIP install -q --upgrade pip setuptools wheel
+[ -f .venv/.qsft-installed ] || $PIP install -q --upgrade pip setuptools wheel
 
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
@@ -24,10 +24,17 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     $PIP install -q "torch>=2.4,<3"
   else
     echo "[setup] no GPU: installing CPU torch 2.13.0"
-    $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.4,<3" --index-url https://download.pytorch.org/whl/cpu
+    # 2.13.0 is the CPU build these machines carry on local disk; elsewhere pip finds a compatible one
+    $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.4,<3"
   fi
 fi
 
-echo "[setup] installing qsft and its dependencies"
-$PIP install -q -e ".[dev]"
+# Re-running is cheap: skip the install when pyproject.toml is unchanged since the last one.
+STAMP=.venv/.qsft-installed
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! .venv/bin/python -c "import qsft" >/dev/null 2>&1; then
+  echo "[setup] installing qsft and its dependencies"
+  $PIP install -q -e ".[dev]"
+  echo "$WANT" > "$STAMP"
+fi
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
