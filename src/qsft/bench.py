@@ -111,7 +111,7 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
 
 
 def aggregate(results: list[EvalResult]) -> dict[str, dict[str, float]]:
-    """Per method: mean ± 95% CI over seeds of the normalised score, return and success rate."""
+    """Per method: mean ± 95% CI over seeds (over episodes when there is one seed) of score and return."""
     by_method: dict[str, list[EvalResult]] = {}
     for r in results:
         by_method.setdefault(r.config.get("method", r.method), []).append(r)
@@ -122,6 +122,11 @@ def aggregate(results: list[EvalResult]) -> dict[str, dict[str, float]]:
         success = [r.summary.success_rate for r in runs]
         score_mean, score_ci = mean_ci95(scores) if scores else (float("nan"), float("nan"))
         ret_mean, ret_ci = mean_ci95(returns)
+        if len(runs) == 1:  # one seed: show the evaluation's own 95% interval over episodes
+            summary = runs[0].summary
+            ret_ci = summary.return_ci95
+            if summary.normalized_score_low is not None and summary.normalized_score_high is not None:
+                score_ci = (summary.normalized_score_high - summary.normalized_score_low) / 2
         table[method] = {"seeds": len(runs), "score": score_mean, "score_ci95": score_ci, "return": ret_mean,
                          "return_ci95": ret_ci, "success": statistics.fmean(success),
                          "per_seed_scores": scores}

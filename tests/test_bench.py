@@ -1,0 +1,33 @@
+"""`qsft bench` engine end to end on a tiny budget: everything lands in the results folder; resumable."""
+
+import json
+
+from qsft.bench import BenchSettings, run_bench
+from qsft.cli import main
+
+TINY = {"model_preset": "micro", "max_length": 64, "per_device_train_batch_size": 8, "report_to": "none"}
+
+
+def test_bench_writes_results_folder_and_reuses_finished_runs(tmp_path):
+    settings = BenchSettings(env="maze", algos=["qsft", "bc"], seeds=1, episodes=12, eval_episodes=3, budget=2,
+                             overrides=TINY)
+    logs: list[str] = []
+    results = run_bench(settings, tmp_path, progress=False, log=logs.append)
+    assert sorted(r.config["method"] for r in results) == ["bc", "qsft"]
+    for name in ("report.md", "report.png", "bench.json", "data/maze.jsonl", "data/maze.jsonl.stats.json",
+                 "runs/bc-seed0/results.json", "runs/qsft-seed0/results.json", "runs/qsft-seed0/qsft.json"):
+        assert (tmp_path / name).is_file(), name
+    info = json.loads((tmp_path / "runs/qsft-seed0/qsft.json").read_text())
+    assert info["behavior_model"].endswith("bc-seed0")  # Q-SFT reused the same-seed BC run as pi_beta
+    table = (tmp_path / "report.md").read_text()
+    assert "| bc | maze | 1 |" in table and "| qsft | maze | 1 |" in table
+    model_file = tmp_path / "runs/bc-seed0/model.safetensors"
+    stamp = model_file.stat().st_mtime_ns
+    logs.clear()
+    run_bench(settings, tmp_path, progress=False, log=logs.append)
+    assert model_file.stat().st_mtime_ns == stamp and sum("done earlier" in line for line in logs) == 2
+
+
+def test_bench_cli_rejects_unknown_algorithm(capsys):
+    assert main(["bench", "--env", "maze", "--algos", "bc,magic"]) == 2
+    assert "unknown algorithm(s) magic" in capsys.readouterr().err
