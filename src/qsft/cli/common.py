@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
-from qsft.errors import QSFTError
+from qsft.errors import ConfigError, QSFTError
 
 
 def reports_errors(handler: Callable) -> Callable:
@@ -21,3 +23,17 @@ def reports_errors(handler: Callable) -> Callable:
             return 2
 
     return wrapped
+
+
+def parse_env_args(pairs: list[str] | None) -> dict[str, Any]:
+    """`--env-arg KEY=VALUE` options as environment keyword arguments (VALUE read as JSON when it parses)."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--env-arg expects KEY=VALUE, got {pair!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs

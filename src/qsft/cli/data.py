@@ -16,22 +16,7 @@ import json
 import sys
 from typing import Any
 
-from qsft.cli.common import reports_errors
-from qsft.errors import ConfigError
-
-
-def _parse_env_args(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs; values are read as JSON when they parse (numbers, true/false), else as text."""
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"--env-arg expects KEY=VALUE, got {pair!r}")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    return kwargs
+from qsft.cli.common import parse_env_args, reports_errors
 
 
 def _fmt(value: Any) -> str:
@@ -66,7 +51,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from qsft.envs.generate import generate_dataset, stats_path
 
     stats = generate_dataset(args.env, args.policy, args.episodes, args.seed, args.out,
-                             env_kwargs=_parse_env_args(args.env_arg), progress=not args.no_progress)
+                             env_kwargs=parse_env_args(args.env_arg), progress=not args.no_progress)
     print(f"wrote {stats['episodes']} episodes of {args.env} [{stats['policy']}] to {args.out} "
           f"(stats: {stats_path(args.out)})")
     _print_summary(stats)

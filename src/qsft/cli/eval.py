@@ -7,16 +7,11 @@ Each subcommand sets `handler` (args -> exit code) on its parser; a `QSFTError` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from qsft.cli.common import parse_env_args, reports_errors
 from qsft.decoding.options import DEFAULT_MAX_NEW_TOKENS, MODES
-from qsft.errors import ConfigError, QSFTError
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def register(subparsers) -> None:
@@ -43,7 +38,7 @@ def register(subparsers) -> None:
     ev.add_argument("--label", default=None, help="Method name in tables (default: algo and decoding mode).")
     ev.add_argument("--out", default=None,
                     help="Write results JSON here (and a return histogram PNG beside it).")
-    ev.set_defaults(handler=_guard(run_eval))
+    ev.set_defaults(handler=reports_errors(run_eval))
 
     sc = subparsers.add_parser("score", help="Score logged episodes with a Q-SFT run as a critic (q_hat per turn).",
                                description="Score logged episodes with a Q-SFT run as a critic.")
@@ -52,7 +47,7 @@ def register(subparsers) -> None:
     sc.add_argument("--out", required=True, help="Output JSONL: one line per agent turn with q and per-token q_hat.")
     sc.add_argument("--batch-size", type=int, default=32, help="Sequences per forward pass.")
     sc.add_argument("--device", default="cpu", help="Torch device for the models.")
-    sc.set_defaults(handler=_guard(run_score))
+    sc.set_defaults(handler=reports_errors(run_score))
 
     rp = subparsers.add_parser("report", help="Compare evaluation results: a table and a bar chart.",
                                description="Compare `qsft eval` results across methods and environments.")
@@ -60,20 +55,7 @@ def register(subparsers) -> None:
                     help="Results JSON files from `qsft eval --out`, or folders holding them.")
     rp.add_argument("--out", required=True, help="Folder for report.<format> and report.png.")
     rp.add_argument("--format", choices=("md", "csv", "json"), default="md", help="Table format.")
-    rp.set_defaults(handler=_guard(run_report))
-
-
-def _guard(handler: Handler) -> Handler:
-    def guarded(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except QSFTError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    guarded.__name__ = handler.__name__
-    guarded.__doc__ = handler.__doc__
-    return guarded
+    rp.set_defaults(handler=reports_errors(run_report))
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -88,18 +70,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_env_args(items: list[str]) -> dict[str, Any]:
-    """["max_turns=20", "name=x"] -> {"max_turns": 20, "name": "x"} (values are JSON when they parse)."""
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--env-arg expects KEY=VALUE, got {item!r}")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    return kwargs
 
 
 def run_score(args: argparse.Namespace) -> int:
