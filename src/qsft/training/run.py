@@ -325,7 +325,3 @@ def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out
         save_adapter(peft_model, Q_ADAPTER, out)
     _save_tokenizer(tokenizer, config, out)
     _record_qsft(info, config, variant, dummy_id, report)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
