@@ -101,3 +101,14 @@ def test_collator_pads_and_marks_padding_terminal():
     assert batch["next_state_index"][2, 4:].tolist() == [TERMINAL, TERMINAL]
     assert not batch["action_mask"][2, 4:].any()
     assert batch["next_input_ids"].tolist()[0] == [BOS, 12]
+
+
+def test_context_never_drops_the_latest_turn_whole():
+    from qsft.data.tokenize import SegmentEncoder, context_ids
+
+    turns = [Turn("env", "abcdef"), Turn("agent", "x"), Turn("env", "ghijkl")]
+    encode = SegmentEncoder(CharTokenizer())
+    # room for everything: BOS + all turns (EOT after the agent's utterance)
+    assert context_ids(turns, encode, cfg(history_turns=2)) == [BOS, 33, EOT, 16, 17, 18, 19, 20, 21]
+    # 64 - 1 - 60 = 3 tokens of room: older turns go, the latest observation keeps its last 3 tokens
+    assert context_ids(turns, encode, cfg(history_turns=2), reserve=60) == [BOS, 19, 20, 21]

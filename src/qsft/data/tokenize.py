@@ -176,6 +176,10 @@ def _context_ids(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str, r
         if cfg.truncation == "error":
             raise SequenceTooLongError(f"the context before turn {k} exceeds max_length {cfg.max_length}",
                                        episode_id=episode_id)
+        if len(window) == 1:
+            # never drop the latest turn whole: a prompt of BOS alone carries no state at all;
+            # keep its last `budget` tokens instead
+            return [cfg.bos_token_id] + list(window[0][1][len(window[0][1]) - budget:] if budget else [])
         window = window[1:]
     return [cfg.bos_token_id] + [i for seg in window for i in seg[1]]
 
