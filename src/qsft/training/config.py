@@ -69,12 +69,28 @@ class FilteredBCConfig(BCConfig):
 
 
 @dataclass
-class QSFTConfig(OfflineRLConfig):
-    """Q-SFT (Hong et al. 2024): Q-learning as weighted cross-entropy on an unchanged LM."""
+class BootstrappedConfig(OfflineRLConfig):
+    """Fields of the value-learning methods (Q-SFT, ILQL): discount, Polyak rate, reward transform."""
 
     gamma: float = field(default=0.99, metadata={"help": "Discount per agent turn, in (0, 1]."})
-    target_update: str = field(default="polyak", metadata={"help": "Target network update: 'polyak' or 'hard'."})
     tau: float = field(default=0.005, metadata={"help": "Polyak rate: target <- (1 - tau) target + tau theta."})
+    reward_transform: str = field(default="episode_return", metadata={
+        "help": "none | scale[:RMAX] | episode_return[:LO:HI] | success (rewards into [0, 1])."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        parse_spec(self.reward_transform)
+        super().__post_init__()
+
+
+@dataclass
+class QSFTConfig(BootstrappedConfig):
+    """Q-SFT (Hong et al. 2024): Q-learning as weighted cross-entropy on an unchanged LM."""
+
+    target_update: str = field(default="polyak", metadata={"help": "Target network update: 'polyak' or 'hard'."})
     target_update_steps: int = field(default=100, metadata={"help": "With target_update=hard: copy every N steps."})
     support_threshold: float = field(default=1e-4, metadata={
         "help": "Actions with pi_beta <= threshold are left out of the max in the Bellman target."})
@@ -87,8 +103,6 @@ class QSFTConfig(OfflineRLConfig):
         "help": "SFT steps for the behavior model trained first (default: max_steps)."})
     q_init: str = field(default="model", metadata={
         "help": "Initialise the Q-model from the 'behavior' model's weights or from the base 'model'."})
-    reward_transform: str = field(default="episode_return", metadata={
-        "help": "none | scale[:RMAX] | episode_return[:LO:HI] | success (rewards into [0, 1])."})
     lora: bool = field(default=False, metadata={
         "help": "Q-model, behavior model and target as three LoRA adapters on one frozen base (needs peft)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -99,12 +113,8 @@ class QSFTConfig(OfflineRLConfig):
         "help": "Comma-separated module names to adapt (GPT-2: c_attn,c_proj,c_fc), or 'all-linear'."})
 
     def __post_init__(self) -> None:
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.target_update not in ("polyak", "hard"):
             raise ConfigError(f"target_update must be 'polyak' or 'hard', got {self.target_update!r}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
         if self.target_update_steps < 1:
             raise ConfigError(f"target_update_steps must be >= 1, got {self.target_update_steps}")
         if not 0 <= self.support_threshold < 1:
@@ -120,7 +130,6 @@ class QSFTConfig(OfflineRLConfig):
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        parse_spec(self.reward_transform)
         super().__post_init__()
 
     def lora_modules(self) -> list[str] | str:

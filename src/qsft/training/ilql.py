@@ -27,45 +27,36 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from qsft.algorithms.ilql import decoding_logits, ilql_loss
 from qsft.data.episode import Episode
-from qsft.data.rewards import RewardReport, parse_spec
+from qsft.data.rewards import RewardReport
 from qsft.errors import ConfigError, ModelLoadError
 from qsft.models.loading import load_model
 from qsft.models.target import polyak_update
 from qsft.training.base import OfflineRLTrainer
-from qsft.training.config import OfflineRLConfig
+from qsft.training.config import BootstrappedConfig
 from qsft.training.data import qsft_dataset
 
 HEADS_FILE = "ilql_heads.safetensors"
 
 
 @dataclass
-class ILQLConfig(OfflineRLConfig):
+class ILQLConfig(BootstrappedConfig):
     """ILQL (Snell et al. 2022) with trlx's defaults; rewards transformed into [0, 1] like Q-SFT's."""
 
-    gamma: float = field(default=0.99, metadata={"help": "Discount per agent turn, in (0, 1]."})
     tau_expectile: float = field(default=0.7, metadata={
         "help": "Expectile of the V regression: 0.5 = mean of Q under the data, -> 1 = max."})
     cql_weight: float = field(default=0.1, metadata={"help": "Weight of the CQL term (logsumexp Q - Q(a))."})
     bc_weight: float = field(default=1.0, metadata={
         "help": "Weight of the LM head's cross-entropy (trlx awac_scale)."})
-    tau: float = field(default=0.005, metadata={"help": "Polyak rate of the target Q heads per optimizer step."})
     beta: float = field(default=1.0, metadata={
         "help": "Decoding: logits = log pi_beta + beta * (Q - V); 0 is BC. Stored with the heads."})
-    reward_transform: str = field(default="episode_return", metadata={
-        "help": "none | scale[:RMAX] | episode_return[:LO:HI] | success (rewards into [0, 1])."})
 
     def __post_init__(self) -> None:
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0 < self.tau_expectile < 1:
             raise ConfigError(f"tau_expectile must be in (0, 1), got {self.tau_expectile}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
         if self.cql_weight < 0 or self.bc_weight < 0:
             raise ConfigError(f"cql_weight and bc_weight must be >= 0, got {self.cql_weight}, {self.bc_weight}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
-        parse_spec(self.reward_transform)
         super().__post_init__()
 
 
