@@ -1,11 +1,36 @@
-"""Padding token-MDP samples into batches of tensors (right padding)."""
+"""Padding token-MDP samples into batches of tensors (right padding).
+
+With a VLM's `VisionInputs`, the images of the samples become `pixel_values` (and those of the
+bootstrap contexts `next_pixel_values`): [N, 3, H, W], concatenated in row order, which is the order
+in which the model fills the image placeholders of the batch.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
-from qsft.data.tokenize import TERMINAL, TokenizedEpisode
+from qsft.data.tokenize import EXTERNAL_NEXT_STATE, TERMINAL, TokenizedEpisode
+
+
+@dataclass
+class BehaviorRows:
+    """One sample's rows of the behavior cache (`qsft.models.behavior_cache`): sparse pi_beta at its next states."""
+
+    state_index: torch.Tensor  # [S] long, logits positions (sorted), then EXTERNAL_NEXT_STATE if any
+    support_ids: torch.Tensor  # [S, W] long
+    support_logprobs: torch.Tensor  # [S, W] float32, -inf padding
+    action_logprobs: torch.Tensor  # [T] float32, log pi_beta(x_t | x_<t)
+
+
+@dataclass
+class CachedSample:
+    """A sample with its behavior-cache rows (what `BehaviorCachedDataset` yields)."""
+
+    sample: TokenizedEpisode
+    behavior: BehaviorRows
 
 
 class TokenMDPDataset(Dataset):
@@ -24,11 +49,14 @@ class TokenMDPDataset(Dataset):
 class TokenMDPCollator:
     """Pads a list of samples; `next_input_ids` (window mode) become a second padded batch."""
 
-    def __init__(self, pad_token_id: int, bos_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, bos_token_id: int, vision=None) -> None:
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
+        self.vision = vision  # qsft.data.images.VisionInputs of a VLM, else None
 
-    def __call__(self, samples: list[TokenizedEpisode]) -> dict[str, torch.Tensor]:
+    def __call__(self, samples: list[TokenizedEpisode] | list[CachedSample]) -> dict[str, torch.Tensor]:
+        cached = [s.behavior for s in samples] if isinstance(samples[0], CachedSample) else None
+        samples = [s.sample for s in samples] if cached else samples
         length = max(len(s) for s in samples)
 
         def pad(values: list, fill, dtype) -> torch.Tensor:
@@ -49,4 +77,37 @@ class TokenMDPCollator:
                 [n + [self.pad_token_id] * (next_length - len(n)) for n in nexts], dtype=torch.long)
             batch["next_attention_mask"] = torch.tensor(
                 [[1] * len(n) + [0] * (next_length - len(n)) for n in nexts], dtype=torch.long)
+        if self.vision is not None:
+            images = [image for s in samples for image in s.images]
+            if images:
+                batch["pixel_values"] = self.vision.pixel_values(images)
+            next_images = [image for s in samples for image in s.next_images]
+            if next_images and "next_input_ids" in batch:
+                batch["next_pixel_values"] = self.vision.pixel_values(next_images)
+        if cached:
+            batch.update(_behavior_batch(cached, length))
         return batch
+
+
+def _behavior_batch(rows: list[BehaviorRows], length: int) -> dict[str, torch.Tensor]:
+    """Cached pi_beta as padded tensors: in-sequence states [B, S(, W)] (index -1 = padding), external [B, W]."""
+    width = max(r.support_ids.shape[1] for r in rows)
+    inside = [r.state_index >= 0 for r in rows]
+    states = max(int(m.sum()) for m in inside)
+    index = torch.full((len(rows), states), -1, dtype=torch.long)
+    ids = torch.zeros(len(rows), states, width, dtype=torch.long)
+    logprobs = torch.full((len(rows), states, width), float("-inf"))
+    next_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    next_logprobs = torch.full((len(rows), width), float("-inf"))
+    action_logprobs = torch.zeros(len(rows), length)
+    for b, (r, m) in enumerate(zip(rows, inside)):
+        n, w = int(m.sum()), r.support_ids.shape[1]
+        index[b, :n] = r.state_index[m]
+        ids[b, :n, :w], logprobs[b, :n, :w] = r.support_ids[m], r.support_logprobs[m]
+        external = r.state_index == EXTERNAL_NEXT_STATE
+        if external.any():
+            next_ids[b, :w], next_logprobs[b, :w] = r.support_ids[external][0], r.support_logprobs[external][0]
+        action_logprobs[b, :len(r.action_logprobs)] = r.action_logprobs
+    return {"behavior_state_index": index, "behavior_support_ids": ids, "behavior_support_logprobs": logprobs,
+            "behavior_next_support_ids": next_ids, "behavior_next_support_logprobs": next_logprobs,
+            "behavior_action_logprobs": action_logprobs}

@@ -6,6 +6,10 @@ and agent utterances (`role="agent"`, each carrying a scalar reward). It ends te
 
 Two agent turns in a row are allowed: the second is the next decision after the first, with
 no observation in between (the first turn's reward is paid and discounted as usual).
+
+An env turn may carry an `image` (vision-language models, docs/vlm.md): in a file, a path relative to
+the dataset file or an inline `data:image/png;base64,...` URI; in memory (rollouts), also an RGB array
+or PIL image. Images are not part of a turn's equality (arrays do not compare as booleans).
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ class Turn:
     role: Role
     text: str
     reward: float = 0.0
+    image: Any = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         if self.role == "agent":
             return {"role": self.role, "text": self.text, "reward": self.reward}
+        if self.image is not None:
+            from qsft.data.images import image_reference  # Pillow only when there are images
+
+            return {"role": self.role, "text": self.text, "image": image_reference(self.image)}
         return {"role": self.role, "text": self.text}
 
 

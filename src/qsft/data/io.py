@@ -4,6 +4,8 @@ Accepted shapes per episode (one JSON object per line):
 * native:  {"id": ..., "turns": [{"role": "env"|"agent", "text": ..., "reward": ...}], "done": ...}
 * HF chat: {"id": ..., "messages": [{"role": "system"|"user"|"assistant", "content": ..., "reward": ...}]}
   system/user messages become env turns, assistant messages agent turns.
+Env turns (user messages) may carry an `"image"`: a path relative to the JSONL file, or an inline
+`data:image/...;base64,` URI (qsft.data.images); files are resolved and checked when read.
 Every problem raises `EpisodeFormatError` naming the file, line, episode id and field.
 """
 
@@ -25,8 +27,12 @@ KNOWN_KEYS = {"id", "turns", "messages", "done", "meta"}
 
 
 def parse_episode(obj: Any, *, source: str | None = None, line: int | None = None,
-                  index: int = 0) -> Episode:
-    """Validate one decoded JSON object and build an `Episode` (native or HF chat shape)."""
+                  index: int = 0, image_dir: str | os.PathLike | None = None) -> Episode:
+    """Validate one decoded JSON object and build an `Episode` (native or HF chat shape).
+
+    Image paths are resolved against `image_dir` (the dataset file's folder; None: as given) and
+    every image is checked to open.
+    """
 
     def fail(message: str, field: str | None = None, episode_id: str | None = None) -> EpisodeFormatError:
         return EpisodeFormatError(message, source=source, line=line, episode_id=episode_id, field=field)
@@ -75,7 +81,17 @@ def parse_episode(obj: Any, *, source: str | None = None, line: int | None = Non
         if role == "agent" and not text:
             raise fail("agent text is empty (an action needs at least one token)", f"{where}.{text_key}",
                        episode_id)
-        turns.append(Turn(role, text, float(reward)))
+        image = item.get("image")
+        if image is not None:
+            if role != "env":
+                raise fail("images belong on env turns (observations)", f"{where}.image", episode_id)
+            if not isinstance(image, str) or not image:
+                raise fail("'image' must be a path or a data:image URI", f"{where}.image", episode_id)
+            from qsft.data.images import check_image, resolve_image_ref
+
+            image = resolve_image_ref(image, image_dir)
+            check_image(image, source=source, line=line, episode_id=episode_id, field=f"{where}.image")
+        turns.append(Turn(role, text, float(reward), image))
 
     if not any(t.role == "agent" for t in turns):
         raise fail("episode has no agent turn, so nothing to learn from", key, episode_id)
@@ -111,7 +127,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[Episode]:
             except (json.JSONDecodeError, RecursionError) as err:
                 message = err.msg if isinstance(err, json.JSONDecodeError) else "nesting too deep"
                 raise EpisodeFormatError(f"invalid JSON: {message}", source=str(path), line=line_no) from None
-            yield parse_episode(obj, source=str(path), line=line_no, index=index)
+            yield parse_episode(obj, source=str(path), line=line_no, index=index, image_dir=path.parent)
             index += 1
 
 

@@ -16,6 +16,10 @@ turns are not trained) or rejected. Windowed (`history_turns=H`): one sample per
 context is the H turns before it, and whose bootstrap state is a second short sequence holding the
 H turns before the next agent turn — exactly what the decoder sees when it acts, so long episodes
 of Markov environments (maze, chess) stay short.
+
+Images (vision-language models): an env turn with an image is encoded as the VLM processor's
+placeholder tokens for one image followed by its text; each sample lists the images whose
+placeholders it holds (`images`, `next_images`, in order), which the collator turns into pixel values.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qsft.data.episode import Episode, Turn
-from qsft.errors import ConfigError, SequenceTooLongError
+from qsft.errors import ConfigError, EpisodeFormatError, SequenceTooLongError
 
 TERMINAL = -1
 EXTERNAL_NEXT_STATE = -2
@@ -59,16 +63,24 @@ class TokenizedEpisode:
     next_input_ids: list[int] | None = None
     # (agent turn number within the episode, first token, end token exclusive) of each trained turn
     turn_spans: list[tuple[int, int, int]] = field(default_factory=list)
+    # image references whose placeholders appear in input_ids / next_input_ids, in order (VLMs only)
+    images: list = field(default_factory=list)
+    next_images: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
 class SegmentEncoder:
-    """Encodes turn texts with any HF tokenizer (no special tokens), caching repeated texts."""
+    """Encodes turn texts with any HF tokenizer (no special tokens), caching repeated texts.
 
-    def __init__(self, tokenizer) -> None:
+    `vision` (a `qsft.data.images.VisionInputs`) is given for vision-language models: turns with an
+    image then start with the processor's placeholder tokens for it.
+    """
+
+    def __init__(self, tokenizer, vision=None) -> None:
         self.tokenizer = tokenizer
+        self.vision = vision
         self._cache: dict[str, list[int]] = {}
 
     def __call__(self, text: str) -> list[int]:
@@ -79,21 +91,61 @@ class SegmentEncoder:
                 self._cache[text] = ids
         return ids
 
+    def turn(self, turn: Turn, episode_id: str = "") -> list[int]:
+        """The tokens of one turn's content: image placeholder (if any) + text."""
+        ids = self(turn.text)
+        if self.vision is None:
+            if turn.image is not None:
+                raise ConfigError(f"episode {episode_id!r} has images but the model is text-only; use a "
+                                  "vision-language model (with --model tiny a tiny VLM is built for image data)")
+            return ids
+        if self.vision.image_token_id in ids:
+            raise EpisodeFormatError(f"turn text {turn.text[:40]!r} contains the image placeholder token",
+                                     episode_id=episode_id)
+        return ids if turn.image is None else self.vision.placeholder + ids
+
 
 def tokenize_episode(episode: Episode, encode: SegmentEncoder, cfg: TokenMDPConfig) -> list[TokenizedEpisode]:
     """Turn one (reward-transformed) episode into training sequences of the token MDP."""
     segments = []
     agent_number = 0
     for turn in episode.turns:
-        ids = encode(turn.text)
+        ids = encode.turn(turn, episode.id)
         if turn.role == "agent":
             segments.append(("agent", ids + [cfg.eot_token_id], turn.reward, agent_number))
             agent_number += 1
         else:
             segments.append(("env", ids, 0.0, -1))
     if cfg.history_turns is None:
-        return [_full_sequence(episode, segments, cfg)]
-    return _windowed_samples(episode, segments, cfg)
+        samples = [_full_sequence(episode, segments, cfg)]
+    else:
+        samples = _windowed_samples(episode, segments, cfg)
+    if encode.vision is not None:
+        _attach_images(episode, samples, segments, encode.vision, windowed=cfg.history_turns is not None)
+    return samples
+
+
+def _attach_images(episode: Episode, samples: list[TokenizedEpisode], segments: list, vision,
+                   windowed: bool) -> None:
+    """Name each sample's images: truncation only drops from the left, so they are the last ones before its end."""
+    where = f"episode {episode.id!r}"
+    turns = list(episode.turns)
+    if not windowed:
+        samples[0].images = _last_images(turns, samples[0].input_ids, vision, where)
+        return
+    agent_positions = [k for k, seg in enumerate(segments) if seg[0] == "agent"]
+    for n, (sample, k) in enumerate(zip(samples, agent_positions)):
+        sample.images = _last_images(turns[:k], sample.input_ids, vision, where)
+        if sample.next_input_ids is not None:
+            next_k = agent_positions[n + 1] if n + 1 < len(agent_positions) else len(segments)
+            sample.next_images = _last_images(turns[:next_k], sample.next_input_ids, vision, where)
+
+
+def _last_images(turns: list[Turn], ids: list[int], vision, where: str) -> list:
+    """The images of the last `turns` whose placeholders `ids` holds, in order."""
+    count = vision.count_images(ids, where)
+    images = [t.image for t in turns if t.image is not None]
+    return images[len(images) - count:] if count else []
 
 
 def _full_sequence(episode: Episode, segments: list, cfg: TokenMDPConfig) -> TokenizedEpisode:
@@ -190,9 +242,15 @@ def context_ids(turns: list[Turn], encode: SegmentEncoder, cfg: TokenMDPConfig, 
     Used by decoding so that rollouts see the same token layout (BOS, segments, EOT after each
     agent utterance, `history_turns` window, left truncation keeping `reserve` tokens free).
     """
-    segments = [(t.role, encode(t.text) + ([cfg.eot_token_id] if t.role == "agent" else [])) for t in turns]
+    segments = [(t.role, encode.turn(t, "rollout") + ([cfg.eot_token_id] if t.role == "agent" else []))
+                for t in turns]
     cut = TokenMDPConfig(cfg.gamma, cfg.max_length, cfg.bos_token_id, cfg.eot_token_id, "left", cfg.history_turns)
     return _context_ids(segments, len(segments), cut, "rollout", reserve)
+
+
+def context_images(turns: list[Turn], ids: list[int], encode: SegmentEncoder) -> list:
+    """The images whose placeholders a `context_ids` prompt holds (the last ones of `turns`), in order."""
+    return [] if encode.vision is None else _last_images(turns, ids, encode.vision, "rollout context")
 
 
 def _empty_sample(episode_id: str) -> TokenizedEpisode:
@@ -207,6 +265,7 @@ def _append(sample: TokenizedEpisode, ids: list[int], trained: bool) -> None:
     sample.next_state_index.extend([TERMINAL] * len(ids))
 
 
-def tokenize_episodes(episodes: list[Episode], tokenizer, cfg: TokenMDPConfig) -> list[TokenizedEpisode]:
-    encode = SegmentEncoder(tokenizer)
+def tokenize_episodes(episodes: list[Episode], tokenizer, cfg: TokenMDPConfig,
+                      vision=None) -> list[TokenizedEpisode]:
+    encode = SegmentEncoder(tokenizer, vision)
     return [sample for ep in episodes for sample in tokenize_episode(ep, encode, cfg)]

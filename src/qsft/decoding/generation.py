@@ -5,6 +5,8 @@ The only thing asked of a model is Hugging Face causal-LM forward semantics:
 .past_key_values` (transformers >= 5 names the cache `cache`; both spellings are accepted). Prompts are left-padded so every row's next token sits in the last column;
 explicit `position_ids` keep GPT-2-style absolute positions equal to those of an unpadded
 sequence, which is what makes a row's output independent of the rows batched with it.
+Vision-language models get the prompts' images (`pixel_values`, in row order) with the first
+forward only; after that the image features live in the KV cache like any other prompt token.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ class CachedLM:
     each model its own `CachedLM`, so the behavior model never shares the Q-model's cache.
     """
 
-    def __init__(self, model, attention_mask: torch.Tensor) -> None:
+    def __init__(self, model, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None) -> None:
         self.model = model
         self.attention_mask = attention_mask  # [B, L] 1 for real tokens, 0 for left padding
+        self.pixel_values = pixel_values  # [N, 3, H, W] images of the prompts (VLMs), used once
         self.past = None
         self.seen = 0
         self.cache_name = cache_argument(model)
@@ -53,8 +56,10 @@ class CachedLM:
             grow = self.attention_mask.new_ones(input_ids.shape[0], length - self.attention_mask.shape[1])
             self.attention_mask = torch.cat([self.attention_mask, grow], dim=1)
         positions = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        images = {"pixel_values": self.pixel_values} if self.seen == 0 and self.pixel_values is not None else {}
         out = self.model(input_ids=input_ids[:, self.seen:], attention_mask=self.attention_mask,
-                         position_ids=positions[:, self.seen:], use_cache=True, **{self.cache_name: self.past})
+                         position_ids=positions[:, self.seen:], use_cache=True, **{self.cache_name: self.past},
+                         **images)
         self.past, self.seen = output_cache(out), length
         return out.logits[:, -1]
 
@@ -95,14 +100,20 @@ def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device |
 def generate_utterances(models: DecodingModels, prompts: list[list[int]], eot_token_id: int, pad_token_id: int,
                         max_new_tokens: int, greedy: bool,
                         generators: list[torch.Generator | None] | None = None,
-                        device: torch.device | str = "cpu") -> list[list[int]]:
+                        device: torch.device | str = "cpu",
+                        pixel_values: torch.Tensor | None = None,
+                        suppress_token_ids: list[int] | None = None) -> list[list[int]]:
     """One agent utterance per prompt: tokens up to and including EOT, or `max_new_tokens` of them.
 
-    Rows stop independently; a finished row is removed from both KV caches.
+    Rows stop independently; a finished row is removed from both KV caches. `pixel_values`: the
+    images whose placeholders the prompts hold, in row order (vision-language models only);
+    `suppress_token_ids` are never emitted (a VLM's image placeholder token).
     """
     input_ids, attention_mask = left_pad(prompts, pad_token_id, device)
-    q_stream = CachedLM(models.model, attention_mask)
-    behavior_stream = (CachedLM(models.behavior_model, attention_mask.clone())
+    if pixel_values is not None:
+        pixel_values = pixel_values.to(device)
+    q_stream = CachedLM(models.model, attention_mask, pixel_values)
+    behavior_stream = (CachedLM(models.behavior_model, attention_mask.clone(), pixel_values)
                        if models.mode in TWO_MODEL_MODES else None)
     processor = PolicyExtractionProcessor(models.mode, models.beta, models.support_threshold,
                                           models.dummy_token_id, behavior_stream)
@@ -110,8 +121,10 @@ def generate_utterances(models: DecodingModels, prompts: list[list[int]], eot_to
     live_generators = list(generators) if generators is not None else None
     outputs: list[list[int]] = [[] for _ in prompts]
     for _ in range(max_new_tokens):
-        scores = q_stream(input_ids)
-        tokens = choose_tokens(processor(input_ids, scores), greedy, live_generators)
+        scores = processor(input_ids, q_stream(input_ids))
+        if suppress_token_ids:
+            scores[:, suppress_token_ids] = float("-inf")
+        tokens = choose_tokens(scores, greedy, live_generators)
         keep = []
         for b, token in enumerate(tokens.tolist()):
             outputs[live[b]].append(token)

@@ -8,6 +8,9 @@ alternating agent / env turns. A real ending (goal, win, loss) ends with the las
 as its last turn and says `done: false`, because the turn count is not part of the observation —
 treating the cut as a terminal state worth 0 would teach a Q-learner that ordinary states are worthless
 (time-limit bootstrapping); `meta.truncated` says so too.
+
+Environments that render images (`observation_image()`, e.g. MiniGrid) put one on every env turn;
+`generate_dataset` writes them as PNG files in `<name>_images/` beside the JSONL (qsft.data.images).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qsft.data.episode import Episode, Turn
+from qsft.data.images import has_images, write_episode_images
 from qsft.data.io import save_episodes
 from qsft.envs.base import TextEnv
 from qsft.envs.policies import Policy, default_policy_spec, make_policy
@@ -46,7 +50,12 @@ def run_episode(env: TextEnv, policy: Policy, start_seed: int, policy_seed: int,
     rng = random.Random(policy_seed)
     observation = env.reset(start_seed)
     policy.begin_episode(env, rng)
-    turns = [Turn("env", observation)]
+    render = getattr(env, "observation_image", None)
+
+    def observe(text: str) -> Turn:
+        return Turn("env", text, image=render() if render is not None else None)
+
+    turns = [observe(observation)]
     invalid_actions = 0
     while True:
         action = policy.act(env, rng)
@@ -55,9 +64,9 @@ def run_episode(env: TextEnv, policy: Policy, start_seed: int, policy_seed: int,
         invalid_actions += bool(info["invalid"])
         if done:
             if info.get("truncated") and not info["success"]:
-                turns.append(Turn("env", observation))  # the bootstrap state of a time-limit cut
+                turns.append(observe(observation))  # the bootstrap state of a time-limit cut
             break
-        turns.append(Turn("env", observation))
+        turns.append(observe(observation))
     episode_meta = {
         "env": env.name,
         "success": bool(info["success"]),
@@ -155,6 +164,8 @@ def generate_dataset(env_name: str, policy_spec: str | None, n: int, seed: int, 
     env = make(env_name, **(env_kwargs or {}))  # fails fast on an unknown name or bad kwargs
     spec = policy_spec or default_policy_spec(env_name)
     episodes = generate_episodes(env_name, spec, n, seed, env_kwargs, progress)
+    if has_images(episodes):
+        episodes = write_episode_images(episodes, out_path)
     save_episodes(out_path, episodes)
     stats = {
         "file": os.fspath(out_path),

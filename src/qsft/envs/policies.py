@@ -117,8 +117,12 @@ def _family(env_name: str) -> PolicyFamily:
         from qsft.envs.chess_policies import CHESS_POLICIES
 
         return CHESS_POLICIES
+    if env_name.startswith("minigrid-"):
+        from qsft.envs.minigrid_policies import MINIGRID_POLICIES
+
+        return MINIGRID_POLICIES
     raise EnvError(f"no scripted behavior policies for environment {env_name!r}; they exist for maze, "
-                   "maze-po, wordle and chess-*")
+                   "maze-po, wordle, chess-* and minigrid-*")
 
 
 def parse_probability(spec: str, value: float | None, *, default: float | None = None) -> float:

@@ -1,7 +1,8 @@
 """Environment registry: `make(name, **kwargs)` builds any registered text environment.
 
 Built-in names: `maze`, `maze-po`, `wordle`, `chess-kq`, `chess-kr`, `chess-kqr`, `chess-krr`,
-`chess-endgames` (a mix of the four). `gym:<id>` wraps a gymnasium environment with text
+`chess-endgames` (a mix of the four), `minigrid-<task>` (image observations, see minigrid_env.TASKS,
+e.g. `minigrid-empty-random-6x6`). `gym:<id>` wraps a gymnasium environment with text
 observations and actions (`GymTextEnv`). Factories import their module only when called, so
 listing environments never starts an engine or loads a word list.
 """
@@ -76,8 +77,22 @@ def _chess(endgame: str) -> EnvFactory:
     return factory
 
 
+def _minigrid(task: str) -> EnvFactory:
+    def factory(**kwargs: Any) -> TextEnv:
+        from qsft.envs.minigrid_env import MinigridEnv
+
+        return MinigridEnv(task=task, **kwargs)
+
+    return factory
+
+
+# MiniGrid tasks; kept in step with qsft.envs.minigrid_env.TASKS (importing it here would load gymnasium)
+MINIGRID_TASKS = ("empty-5x5", "empty-random-5x5", "empty-6x6", "empty-random-6x6", "empty-8x8")
+
 register("maze", _maze)
 register("maze-po", _maze_po)
 register("wordle", _wordle)
 for _endgame in ("kq", "kr", "kqr", "krr", "endgames"):
     register(f"chess-{_endgame}", _chess(_endgame))
+for _task in MINIGRID_TASKS:
+    register(f"minigrid-{_task}", _minigrid(_task))

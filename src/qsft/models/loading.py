@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from qsft.errors import ConfigError, ModelLoadError
+from qsft.models.vlm import is_vlm_dir, load_vlm
 
 TINY_PRESETS: dict[str, dict[str, int]] = {
     # ~1.3M parameters in the transformer blocks: trains on a laptop CPU in minutes.
@@ -61,6 +62,8 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None):
     path = check_model_dir(path)
     if not (path / "config.json").is_file():  # a LoRA adapter folder (check_model_dir allows no other)
         return _merged_adapter_model(path, dtype)
+    if is_vlm_dir(path):  # LLaVA-style image-text-to-text models are not AutoModelForCausalLM classes
+        return load_vlm(path, dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:

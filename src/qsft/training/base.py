@@ -72,13 +72,17 @@ class OfflineRLTrainer(Trainer):
         return output
 
     @staticmethod
-    def logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, V]; `pixel_values` ([N, 3, H, W], the batch's images in order) only for vision-language models."""
+        images = {} if pixel_values is None else {"pixel_values": pixel_values}
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **images).logits
 
     @classmethod
-    def last_logits(cls, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def last_logits(cls, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at each row's last real (right-padded) position: [B, V]."""
-        logits = cls.logits(model, input_ids, attention_mask)
+        logits = cls.logits(model, input_ids, attention_mask, pixel_values)
         last = attention_mask.sum(1) - 1
         return logits[torch.arange(input_ids.shape[0], device=logits.device), last]
 

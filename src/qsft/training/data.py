@@ -26,15 +26,16 @@ def select_top_episodes(episodes: list[Episode], top: float) -> list[Episode]:
     return [episodes[i] for i in chosen]
 
 
-def sft_dataset(episodes: list[Episode], tokenizer, config) -> TokenMDPDataset:
-    return TokenMDPDataset(tokenize_episodes(episodes, tokenizer, token_mdp_config(tokenizer, config)))
+def sft_dataset(episodes: list[Episode], tokenizer, config, vision=None) -> TokenMDPDataset:
+    """`vision`: a VLM's `qsft.data.images.VisionInputs` (image placeholders in the tokens), else None."""
+    return TokenMDPDataset(tokenize_episodes(episodes, tokenizer, token_mdp_config(tokenizer, config), vision))
 
 
 def qsft_dataset(episodes: list[Episode], tokenizer, config, dummy_token_id: int | None,
-                 reward_bounds: tuple[float | None, float | None] = (None, None)
+                 reward_bounds: tuple[float | None, float | None] = (None, None), vision=None,
                  ) -> tuple[TokenMDPDataset, RewardReport]:
     transformed, report = apply_reward_transform(episodes, config.reward_transform, config.gamma, *reward_bounds)
-    samples = tokenize_episodes(transformed, tokenizer, token_mdp_config(tokenizer, config, config.gamma))
+    samples = tokenize_episodes(transformed, tokenizer, token_mdp_config(tokenizer, config, config.gamma), vision)
     if dummy_token_id is not None:
         for sample in samples:
             if any(m and t == dummy_token_id for t, m in zip(sample.input_ids, sample.action_mask)):

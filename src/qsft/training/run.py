@@ -12,6 +12,10 @@ adapter_config.json is the Q adapter, OUT/behavior/ the behavior adapter, and th
 is OUT/base/ (a tiny or token-resized base) or the `--model` directory (`RunInfo.base_model`).
 `qsft.models.run_models.load_run_models(OUT)` rebuilds the Q-model and behavior model of any run.
 
+Vision-language models (docs/vlm.md): episodes with images and `--model tiny` build a tiny LLaVA; a
+`--model` directory with a `processor_config.json` is loaded as a VLM. Its processor is saved in OUT
+(and OUT/behavior) beside the tokenizer, which is how `qsft eval` knows to feed it images.
+
 Only the main process writes OUT files (`should_save`); the others wait where they must read them.
 """
 
@@ -21,6 +25,7 @@ import copy
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,13 +33,22 @@ from typing import Any
 from accelerate import PartialState
 from transformers import set_seed
 
+from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode
+from qsft.data.images import VisionInputs, has_images, load_image
 from qsft.data.io import load_episodes
 from qsft.data.rewards import apply_reward_transform
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer
 from qsft.errors import ConfigError
 from qsft.io import atomic_write_json
+from qsft.models.behavior_cache import (
+    CACHE_FILE,
+    BehaviorCachedDataset,
+    behavior_cache_for,
+    load_behavior_cache,
+)
 from qsft.models.loading import (
+    bos_token_id,
     build_tiny_model,
     check_model_dir,
     ensure_dummy_token,
@@ -53,6 +67,7 @@ from qsft.models.lora import (
     save_adapter,
     wrap_with_behavior_adapter,
 )
+from qsft.models.vlm import build_tiny_vlm, load_vision
 from qsft.training.bc import BCTrainer
 from qsft.training.checkpoints import latest_complete_checkpoint
 from qsft.training.config import BCConfig, FilteredBCConfig, QSFTConfig
@@ -131,13 +146,25 @@ def _data_sidecar(data: str | Path) -> dict[str, Any] | None:
 
 
 def _base_model_and_tokenizer(model: str, episodes: list[Episode], config):
+    """(model, tokenizer, vision): `vision` is the `VisionInputs` of a VLM, None for a text LM."""
     if model == "tiny":
         actions = [t.text for ep in episodes for t in ep.agent_turns] if config.action_tokens else None
         tokenizer = build_tiny_tokenizer((t.text for ep in episodes for t in ep.turns), config.tokenizer_level,
                                          action_texts=actions)
         n_positions = max(64, config.max_length)
-        return build_tiny_model(tokenizer, config.model_preset, n_positions, seed=config.seed), tokenizer
-    return load_model(model), load_tokenizer(model)
+        if has_images(episodes):  # a tiny LLaVA sized to the data's frames
+            first = next(t.image for ep in episodes for t in ep.turns if t.image is not None)
+            base, vision = build_tiny_vlm(tokenizer, min(load_image(first).size), preset=config.model_preset,
+                                          n_positions=n_positions, seed=config.seed)
+            return base, tokenizer, vision
+        return build_tiny_model(tokenizer, config.model_preset, n_positions, seed=config.seed), tokenizer, None
+    tokenizer = load_tokenizer(model)
+    return load_model(model), tokenizer, load_vision(model, tokenizer)
+
+
+def _collator(tokenizer, vision: VisionInputs | None):
+    """None (the trainers' text default) unless the model takes images."""
+    return None if vision is None else TokenMDPCollator(tokenizer.pad_token_id, bos_token_id(tokenizer), vision)
 
 
 def _wait_for_everyone() -> None:
@@ -145,20 +172,24 @@ def _wait_for_everyone() -> None:
     PartialState().wait_for_everyone()
 
 
-def _save_tokenizer(tokenizer, config, folder: Path) -> None:
+def _save_tokenizer(tokenizer, config, folder: Path, vision: VisionInputs | None = None) -> None:
     if config.should_save:
         tokenizer.save_pretrained(str(folder))
+        if vision is not None:
+            vision.save(folder)
 
 
-def _train_sft(model, tokenizer, episodes: list[Episode], config, out: Path) -> None:
-    trainer = BCTrainer(model, config, sft_dataset(episodes, tokenizer, config), tokenizer)
+def _train_sft(model, tokenizer, episodes: list[Episode], config, out: Path,
+               vision: VisionInputs | None = None) -> None:
+    trainer = BCTrainer(model, config, sft_dataset(episodes, tokenizer, config, vision), tokenizer,
+                        data_collator=_collator(tokenizer, vision))
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     if is_lora_model(model):
         if config.should_save:
             save_adapter(model, model.active_adapter, out)
     else:
         trainer.save_model(str(out))  # main process only
-    _save_tokenizer(tokenizer, config, out)
+    _save_tokenizer(tokenizer, config, out, vision)
 
 
 def _resume_arg(config, out: Path):
@@ -182,16 +213,19 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
     info = RunInfo(algo=algo, history_turns=config.history_turns, max_length=config.max_length,
                    data=None if isinstance(data, list) else str(Path(data).resolve()),
                    env=env or (sidecar or {}).get("env"), data_stats=sidecar)
+    if has_images(episodes) and (algo == "ilql" or getattr(config, "lora", False)):
+        raise ConfigError(f"episodes with images (vision-language models) work with bc, filtered_bc and qsft "
+                          f"without lora; not with {'lora' if algo != 'ilql' else 'ilql'}")
     out.mkdir(parents=True, exist_ok=True)
 
     if algo in ("bc", "filtered_bc"):
         if algo == "filtered_bc":
             episodes = select_top_episodes(episodes, config.top)
             info.extra["episodes_kept"] = len(episodes)
-        base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
-        _train_sft(base, tokenizer, episodes, config, out)
+        base, tokenizer, vision = _base_model_and_tokenizer(model, episodes, config)
+        _train_sft(base, tokenizer, episodes, config, out, vision)
     elif algo == "ilql":  # LM + Q/V heads trained together from the base model (Snell et al. 2022)
-        base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
+        base, tokenizer, _ = _base_model_and_tokenizer(model, episodes, config)
         report = train_ilql(base, tokenizer, episodes, config, _resume_arg(config, out))
         info.gamma, info.reward = config.gamma, report.to_dict()
         info.extra.update(beta=config.beta, tau_expectile=config.tau_expectile, cql_weight=config.cql_weight)
@@ -212,7 +246,8 @@ def _loss_variant(config, model: str) -> str:
     return config.loss_variant
 
 
-def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides, out: Path, info: RunInfo) -> Path:
+def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides, out: Path, info: RunInfo,
+                    vision: VisionInputs | None = None) -> Path:
     """Paper Algorithm 1, step 1: SFT the behavior model into OUT/behavior (skipped when a finished one is there).
 
     OUT/behavior/qsft.json is written last, so its presence marks a finished behavior model
@@ -224,7 +259,7 @@ def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides,
         bc_overrides = {k: v for k, v in (overrides or {}).items() if k in bc_fields}
         bc_overrides["max_steps"] = config.behavior_max_steps or config.max_steps
         bc_config = make_config("bc", behavior_dir, bc_overrides)
-        _train_sft(base, tokenizer, episodes, bc_config, behavior_dir)
+        _train_sft(base, tokenizer, episodes, bc_config, behavior_dir, vision)
         if config.should_save:
             RunInfo(algo="bc", history_turns=config.history_turns, max_length=config.max_length,
                     data=info.data, env=info.env, data_stats=info.data_stats).save(behavior_dir)
@@ -238,18 +273,19 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
     if config.behavior not in (None, "", "cotrain"):
         behavior_dir = Path(config.behavior)
         behavior, tokenizer = load_model(behavior_dir), load_tokenizer(behavior_dir)
+        vision = load_vision(behavior_dir, tokenizer)
         base = None
         if config.q_init == "model":  # the base weights: `--model`, or a tiny model initialised afresh
             base = load_model(model) if model != "tiny" else freshly_initialised(behavior, config.seed)
         info.behavior_model = str(behavior_dir.resolve())
     else:
-        base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
+        base, tokenizer, vision = _base_model_and_tokenizer(model, episodes, config)
         if config.behavior == "cotrain":
             behavior = copy.deepcopy(base)
             info.behavior_model = "behavior"
         else:
             behavior = load_model(_behavior_first(copy.deepcopy(base), tokenizer, episodes, config, overrides,
-                                                  out, info))
+                                                  out, info, vision))
     q_model = copy.deepcopy(behavior) if config.q_init == "behavior" else base
 
     variant = _loss_variant(config, model)
@@ -257,14 +293,43 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
     if variant == "dummy":
         dummy_id = ensure_dummy_token(tokenizer, q_model, config.dummy_token)
         resize_embeddings(behavior, len(tokenizer))
-    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id)
-    trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id)
+    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, vision=vision)
+    if config.behavior_cache if config.behavior_cache is not None else (config.behavior != "cotrain" and not vision):
+        dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info)
+    trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id,
+                          data_collator=_collator(tokenizer, vision))
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     trainer.save_model(str(out))  # main process only, tokenizer included
+    if vision is not None and config.should_save:
+        vision.save(out)
     if config.behavior == "cotrain" and config.should_save:
         trainer.behavior_model.save_pretrained(str(out / "behavior"))
-        tokenizer.save_pretrained(str(out / "behavior"))
+        _save_tokenizer(tokenizer, config, out / "behavior", vision)
     _record_qsft(info, config, variant, dummy_id, report)
+
+
+def _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id: int | None, out: Path, info: RunInfo):
+    """The dataset with pi_beta precomputed at its next states (OUT/behavior_cache.safetensors; docs/performance.md).
+
+    Built once by the main process and reused while the behavior model, data, threshold and k are
+    unchanged (a resumed run skips it); the other processes wait and read the same file.
+    """
+    path = out / CACHE_FILE
+    behavior.to(config.device)
+    if config.should_save:
+        cache, _ = behavior_cache_for(path, behavior, dataset.samples, config.support_threshold,
+                                      config.behavior_cache_k, dummy_id, pad_token_id=tokenizer.pad_token_id)
+    _wait_for_everyone()
+    if not config.should_save:
+        cache = load_behavior_cache(path)
+    stats = cache.stats()
+    info.extra["behavior_cache"] = stats
+    if stats["overflow_states"]:
+        warnings.warn(f"behavior cache: {stats['overflow_states']} of {stats['states']} states "
+                      f"({stats['overflow_fraction']:.2%}) have more than {cache.k} support actions above "
+                      f"support_threshold (largest: {stats['max_support_size']}); their target max runs over the "
+                      f"{cache.k} most likely ones. Raise behavior_cache_k for exact targets.", stacklevel=2)
+    return BehaviorCachedDataset(dataset.samples, cache)
 
 
 def _record_qsft(info: RunInfo, config, variant: str, dummy_id: int | None, report) -> None:
@@ -282,7 +347,7 @@ def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: 
     base_dir = out / "base"
     if base_dir.is_dir():
         return load_model(base_dir), load_tokenizer(base_dir), "base"
-    base, tokenizer = _base_model_and_tokenizer(model, episodes, config)
+    base, tokenizer, _ = _base_model_and_tokenizer(model, episodes, config)
     vocab = base.get_input_embeddings().weight.shape[0]
     if variant == "dummy":
         ensure_dummy_token(tokenizer, base, config.dummy_token)
