@@ -121,8 +121,12 @@ def _family(env_name: str) -> PolicyFamily:
         from qsft.envs.minigrid_policies import MINIGRID_POLICIES
 
         return MINIGRID_POLICIES
+    if env_name.startswith("textworld-"):
+        from qsft.envs.textworld_policies import TEXTWORLD_POLICIES
+
+        return TEXTWORLD_POLICIES
     raise EnvError(f"no scripted behavior policies for environment {env_name!r}; they exist for maze, "
-                   "maze-po, wordle, chess-* and minigrid-*")
+                   "maze-po, wordle, chess-*, minigrid-* and textworld-*")
 
 
 def parse_probability(spec: str, value: float | None, *, default: float | None = None) -> float:

@@ -2,8 +2,9 @@
 
 Built-in names: `maze`, `maze-po`, `wordle`, `chess-kq`, `chess-kr`, `chess-kqr`, `chess-krr`,
 `chess-endgames` (a mix of the four), `minigrid-<task>` (image observations, see minigrid_env.TASKS,
-e.g. `minigrid-empty-random-6x6`). `gym:<id>` wraps a gymnasium environment with text
-observations and actions (`GymTextEnv`). Factories import their module only when called, so
+e.g. `minigrid-empty-random-6x6`), `textworld-nav`, `textworld-nav-hard`, `textworld-simple`,
+`textworld-coin` (Microsoft TextWorld games, see textworld_games.TASKS). `gym:<id>` wraps a
+gymnasium environment with text observations and actions (`GymTextEnv`). Factories import their module only when called, so
 listing environments never starts an engine or loads a word list.
 """
 
@@ -96,3 +97,18 @@ for _endgame in ("kq", "kr", "kqr", "krr", "endgames"):
     register(f"chess-{_endgame}", _chess(_endgame))
 for _task in MINIGRID_TASKS:
     register(f"minigrid-{_task}", _minigrid(_task))
+
+
+def _textworld(task: str) -> EnvFactory:
+    def factory(**kwargs: Any) -> TextEnv:
+        from qsft.envs.textworld_env import TextWorldEnv
+
+        return TextWorldEnv(task=task, **kwargs)
+
+    return factory
+
+
+# TextWorld tasks; kept in step with qsft.envs.textworld_games.TASKS (importing it here would load textworld)
+TEXTWORLD_TASKS = ("nav", "nav-hard", "simple", "coin")
+for _task in TEXTWORLD_TASKS:
+    register(f"textworld-{_task}", _textworld(_task))
