@@ -144,6 +144,9 @@ def _attach_images(episode: Episode, samples: list[TokenizedEpisode], segments: 
 def _last_images(turns: list[Turn], ids: list[int], vision, where: str) -> list:
     """The images of the last `turns` whose placeholders `ids` holds, in order."""
     count = vision.count_images(ids, where)
+    if count == 0 and turns and turns[-1].image is not None:
+        raise SequenceTooLongError(f"{where}: truncation dropped the image of the latest observation; raise "
+                                   "max_length so that it fits")
     images = [t.image for t in turns if t.image is not None]
     return images[len(images) - count:] if count else []
 
