@@ -111,6 +111,12 @@ class QSFTConfig(BootstrappedConfig):
         "help": "Dropout on the LoRA path while an adapter trains (behavior/target passes run without it)."})
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Comma-separated module names to adapt (GPT-2: c_attn,c_proj,c_fc), or 'all-linear'."})
+    behavior_cache: bool | None = field(default=None, metadata={
+        "help": "Compute pi_beta at every next state once (OUT/behavior_cache.safetensors) instead of a behavior "
+                "forward pass per step; default: on for a frozen full-weight behavior model, off otherwise."})
+    behavior_cache_k: int = field(default=128, metadata={
+        "help": "Behavior cache: support actions stored per state (exact when the support fits; larger supports "
+                "keep their k most likely actions, counted in the log)."})
 
     def __post_init__(self) -> None:
         if self.target_update not in ("polyak", "hard"):
@@ -126,6 +132,11 @@ class QSFTConfig(BootstrappedConfig):
         if self.lora and self.behavior == "cotrain":
             raise ConfigError("lora cannot co-train the behavior model: leave --behavior empty (trained first) "
                               "or give a behavior adapter directory")
+        if self.behavior_cache and (self.lora or self.behavior == "cotrain"):
+            raise ConfigError("behavior_cache needs a frozen full-weight behavior model: not with lora or "
+                              "behavior 'cotrain'")
+        if self.behavior_cache_k < 1:
+            raise ConfigError(f"behavior_cache_k must be >= 1, got {self.behavior_cache_k}")
         if self.lora_r < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if not 0 <= self.lora_dropout < 1:
