@@ -250,9 +250,37 @@ def qsft_loss(
         external = None
         if next_target_logits is not None:
             external = max_ratio_dense(next_target_logits, next_behavior_logits, support_threshold, exclude)
-        targets, stats = bellman_targets(state_values, reward, discount, next_state_index, action_mask, external)
+        behavior_action_logprobs = action_logprobs(behavior_logits, input_ids)
+    return qsft_loss_from_values(q_logits, state_values, behavior_action_logprobs, input_ids, action_mask, reward,
+                                 discount, next_state_index, external, variant, dummy_token_id)
+
+
+def qsft_loss_from_values(
+    q_logits: torch.Tensor,  # [B, T, V] p_theta (with grad)
+    state_values: torch.Tensor,  # [B, T] V(s) at every logits position the targets read (no grad)
+    behavior_action_logprobs: torch.Tensor,  # [B, T] log pi_beta(x_t | x_<t), for the q_hat diagnostic
+    input_ids: torch.Tensor,  # [B, T]
+    action_mask: torch.Tensor,  # [B, T]
+    reward: torch.Tensor,  # [B, T]
+    discount: torch.Tensor,  # [B, T]
+    next_state_index: torch.Tensor,  # [B, T]
+    external_values: torch.Tensor | None = None,  # [B] V at the end of next_input_ids (window mode)
+    variant: str = "uniform",
+    dummy_token_id: int | None = None,
+) -> QSFTOutput:
+    """`qsft_loss` from state values computed elsewhere (only at the states, or from the behavior cache)."""
+    with torch.no_grad():
+        targets, stats = bellman_targets(state_values, reward, discount, next_state_index, action_mask,
+                                         external_values)
         decisions = action_mask[:, 1:].bool()
-        ratio = q_hat(q_logits.detach(), behavior_logits, input_ids)[:, 1:][decisions]
+        b_idx, p_idx = decisions.nonzero(as_tuple=True)
+        flat = q_logits.detach().reshape(-1, q_logits.shape[-1])  # [B * T, V], a view
+        row_index, actions = b_idx * q_logits.shape[1] + p_idx, input_ids[:, 1:][decisions]
+        q_logprobs = torch.empty(actions.shape[0], device=q_logits.device)
+        for c in range(0, actions.shape[0], 256):  # agent rows only, in chunks: no [N, V] copy
+            rows = flat.index_select(0, row_index[c:c + 256]).float()
+            q_logprobs[c:c + 256] = rows.gather(1, actions[c:c + 256, None])[:, 0] - torch.logsumexp(rows, -1)
+        ratio = (q_logprobs - behavior_action_logprobs[:, 1:][decisions].float()).exp()
         mean_q_hat = ratio.mean().item() if ratio.numel() else 0.0
     per_token = weighted_cross_entropy(q_logits, input_ids, targets, action_mask, variant, dummy_token_id)
     loss = per_token.mean() if per_token.numel() else q_logits.sum() * 0.0

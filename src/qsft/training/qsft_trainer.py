@@ -18,8 +18,14 @@ import torch
 from safetensors.torch import load_model, save_model
 from transformers import TrainerCallback
 
-from qsft.algorithms.qsft import behavior_cloning_loss, qsft_loss
+from qsft.algorithms.qsft import (
+    behavior_cloning_loss,
+    max_ratio_dense,
+    max_ratio_sparse,
+    qsft_loss_from_values,
+)
 from qsft.errors import ConfigError
+from qsft.models.behavior_cache import BehaviorCacheError, logits_at
 from qsft.models.lora import (
     BEHAVIOR_ADAPTER,
     Q_ADAPTER,
@@ -32,6 +38,7 @@ from qsft.models.target import hard_update, make_target, polyak_update
 from qsft.training.base import OfflineRLTrainer
 
 TARGET_DIR, BEHAVIOR_DIR, WEIGHTS = "target", "behavior", "model.safetensors"
+ROW_CHUNK = 256  # state rows per max-ratio chunk: bounds its [rows, V] temporaries (~50 MB at V = 50257)
 
 
 class TargetUpdateCallback(TrainerCallback):
@@ -97,27 +104,19 @@ class QSFTTrainer(OfflineRLTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
-        loss_behavior = None
+        pixels = inputs.get("pixel_values")  # vision-language models only
+        loss_behavior = behavior_live = None
         if self.cotrain:
-            behavior_live = self.logits(self.behavior_model, ids, attention)
+            behavior_live = self.logits(self.behavior_model, ids, attention, pixels)
             loss_behavior = behavior_cloning_loss(behavior_live, ids, inputs["action_mask"])
-            behavior_logits = behavior_live.detach()
         # no-grad passes first: with LoRA they switch the shared model's adapter, and the Q-model's
         # graph is then built last, with nothing changed underneath it before backward
         with torch.no_grad():
-            target_logits = self.logits(self.target_model, ids, attention)
-            if not self.cotrain:
-                behavior_logits = self.logits(self.behavior_model, ids, attention)
-            next_target = next_behavior = None
-            if "next_input_ids" in inputs:
-                nxt, nxt_mask = inputs["next_input_ids"], inputs["next_attention_mask"]
-                next_target = self.last_logits(self.target_model, nxt, nxt_mask)
-                next_behavior = self.last_logits(self.behavior_model, nxt, nxt_mask)
-        q_logits = self.logits(model, ids, attention)  # [B, T, V]
-        out = qsft_loss(q_logits, target_logits, behavior_logits, ids, inputs["action_mask"], inputs["reward"],
-                        inputs["discount"], inputs["next_state_index"], next_target, next_behavior,
-                        variant=self.loss_variant, dummy_token_id=self.dummy_token_id,
-                        support_threshold=self.args.support_threshold)
+            state_values, external, behavior_logprobs = self.bootstrap_values(inputs, behavior_live)
+        q_logits = self.logits(model, ids, attention, pixels)  # [B, T, V]
+        out = qsft_loss_from_values(q_logits, state_values, behavior_logprobs, ids, inputs["action_mask"],
+                                    inputs["reward"], inputs["discount"], inputs["next_state_index"], external,
+                                    variant=self.loss_variant, dummy_token_id=self.dummy_token_id)
         loss = out.loss
         self.record("loss/q", out.loss.item())
         if loss_behavior is not None:
@@ -130,6 +129,69 @@ class QSFTTrainer(OfflineRLTrainer):
         self.record("target/clipped_fraction", stats.clipped_fraction)
         self.record("q_hat/mean", out.mean_q_hat)
         return (loss, q_logits) if return_outputs else loss
+
+    def bootstrap_values(self, inputs, behavior_live: torch.Tensor | None = None):
+        """V(s') where the targets read it: ([B, T] at in-sequence states, [B] or None at `next_input_ids`,
+        [B, T] log pi_beta of each token for the q_hat diagnostic).
+
+        Only the state (and decision) rows go through the LM heads (`logits_to_keep`), so no [B, T, V]
+        target or behavior tensor exists; with the behavior cache in the batch there is no behavior pass.
+        """
+        ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        pixels, next_pixels = inputs.get("pixel_values"), inputs.get("next_pixel_values")
+        operator: dict = {}  # options of the bootstrap operator, forwarded to max_ratio_dense / _sparse
+        threshold = self.args.support_threshold
+        exclude = self.dummy_token_id if self.loss_variant == "dummy" else None
+        nsi = inputs["next_state_index"]
+        states = torch.zeros_like(nsi, dtype=torch.bool).scatter_(1, nsi.clamp(min=0), nsi >= 0)  # [B, T]
+        values = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        cached = "behavior_support_ids" in inputs
+        if cached:
+            index = inputs["behavior_state_index"]  # [B, S] sorted positions, -1 padding
+            keep = torch.zeros_like(states).scatter_(1, index.clamp(min=0), index >= 0)
+            if (states & ~keep).any():
+                raise BehaviorCacheError("a next state of this batch is missing from the behavior cache")
+            target = logits_at(self.target_model, ids, attention, keep, pixels)  # [N, V], N = states
+            valid = index >= 0
+            support_ids = inputs["behavior_support_ids"][valid]  # [N, W], same row-major order as keep
+            support_logprobs = inputs["behavior_support_logprobs"][valid]
+            rows_b, rows_p = keep.nonzero(as_tuple=True)
+            for c in range(0, target.shape[0], ROW_CHUNK):  # chunks bound the [rows, V] log-softmax
+                values[rows_b[c:c + ROW_CHUNK], rows_p[c:c + ROW_CHUNK]] = max_ratio_sparse(
+                    target[c:c + ROW_CHUNK], support_ids[c:c + ROW_CHUNK], support_logprobs[c:c + ROW_CHUNK],
+                    **operator)
+            behavior_logprobs = inputs["behavior_action_logprobs"]
+        else:
+            decisions = torch.zeros_like(states)
+            decisions[:, :-1] = inputs["action_mask"][:, 1:].bool()  # token t is decided at position t - 1
+            keep = states | decisions
+            target = logits_at(self.target_model, ids, attention, keep, pixels)
+            if behavior_live is not None:
+                behavior = behavior_live.detach()[keep]
+            else:
+                behavior = logits_at(self.behavior_model, ids, attention, keep, pixels)
+            values[keep] = max_ratio_dense(target, behavior, threshold, exclude, chunk_size=ROW_CHUNK, **operator)
+            rows_b, rows_p = keep.nonzero(as_tuple=True)
+            taken = rows_p + 1 < ids.shape[1]  # the log-prob of the token each row predicts
+            next_token = ids[rows_b[taken], rows_p[taken] + 1]
+            lse = torch.cat([torch.logsumexp(behavior[c:c + ROW_CHUNK].float(), -1)
+                             for c in range(0, behavior.shape[0], ROW_CHUNK)])[taken]
+            behavior_logprobs = torch.zeros_like(values)
+            behavior_logprobs[rows_b[taken], rows_p[taken] + 1] = (
+                behavior[taken].gather(1, next_token[:, None])[:, 0].float() - lse)
+        external = None
+        if "next_input_ids" in inputs:
+            nxt, nxt_mask = inputs["next_input_ids"], inputs["next_attention_mask"]
+            last = torch.zeros_like(nxt_mask, dtype=torch.bool)
+            last[torch.arange(nxt.shape[0], device=nxt.device), nxt_mask.sum(1) - 1] = True
+            next_target = logits_at(self.target_model, nxt, nxt_mask, last, next_pixels)  # [B, V]
+            if cached:
+                external = max_ratio_sparse(next_target, inputs["behavior_next_support_ids"],
+                                            inputs["behavior_next_support_logprobs"], **operator)
+            else:
+                next_behavior = logits_at(self.behavior_model, nxt, nxt_mask, last, next_pixels)
+                external = max_ratio_dense(next_target, next_behavior, threshold, exclude, **operator)
+        return values, external, behavior_logprobs
 
     # --- the target (and a co-trained behavior) model travel inside every checkpoint ---
     def _save_checkpoint(self, model, trial):
