@@ -25,7 +25,7 @@ from qsft.algorithms.qsft import (
     qsft_loss_from_values,
 )
 from qsft.errors import ConfigError
-from qsft.models.behavior_cache import BehaviorCacheError, logits_at
+from qsft.models.behavior_cache import BehaviorCachedDataset, BehaviorCacheError, logits_at
 from qsft.models.lora import (
     BEHAVIOR_ADAPTER,
     Q_ADAPTER,
@@ -80,6 +80,9 @@ class QSFTTrainer(OfflineRLTrainer):
         if self.lora:
             self.behavior_model = AdapterView(model, BEHAVIOR_ADAPTER)
             self.target_model = AdapterView(model, TARGET_ADAPTER)
+        elif isinstance(train_dataset, BehaviorCachedDataset):  # every batch carries pi_beta: no behavior weights
+            self.behavior_model = None
+            self.target_model = make_target(self.accelerator.unwrap_model(self.model)).to(self.args.device)
         else:
             self.behavior_model = behavior_model.to(self.args.device)
             if not self.cotrain:

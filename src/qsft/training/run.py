@@ -298,6 +298,7 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
         dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info)
     trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id,
                           data_collator=_collator(tokenizer, vision))
+    del behavior  # the trainer holds it, unless the behavior cache made it unnecessary: then it is freed
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     trainer.save_model(str(out))  # main process only, tokenizer included
     if vision is not None and config.should_save:
