@@ -67,7 +67,7 @@ class TaskSpec:
 
 
 TASKS: dict[str, TaskSpec] = {
-    "nav": TaskSpec("nav", "nav", {"rooms": 4, "distractors": 1, "close": False}, max_turns=20, pool_size=8),
+    "nav": TaskSpec("nav", "nav", {"rooms": 4, "distractors": 1, "close": False}, max_turns=20, pool_size=4),
     "nav-hard": TaskSpec("nav-hard", "nav", {"rooms": 6, "distractors": 3, "close": True}, max_turns=30,
                          pool_size=8),
     "simple": TaskSpec("simple", "tw-simple", {"rewards": "dense", "goal": "brief", "test": False},
