@@ -23,8 +23,9 @@ Observations (`observation=`):
 Actions are free-text commands ("go east", "take milk from counter"). Reward = the change of
 TextWorld's cumulative score, so an episode's rewards sum to its final score; the episode ends when
 the game is won (`success`) or lost, or after `max_turns`. A command that is not one of the game's
-admissible commands is an ordinary step with `info["invalid"] = True` (the game answers it, usually
-"That's not a verb I recognise." and nothing changes); commands that would leave the story
+admissible commands is an ordinary step with `info["invalid"] = True` (the game still answers it:
+usually "That's not a verb I recognise." and nothing changes, but a paraphrase such as "take milk"
+acts like the admissible "take milk from counter"); commands that would leave the story
 (quit, restart, undo, save, ...), several commands at once, or text with punctuation never reach
 the game: they get "I don't understand that." and change nothing. `info["admissible_commands"]`
 lists the commands the game accepts next, for scripted policies.
