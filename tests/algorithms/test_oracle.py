@@ -41,7 +41,7 @@ def last_logits(model, ids, mask):
     return model(ids)[torch.arange(ids.shape[0]), mask.sum(1) - 1]
 
 
-def train(variant: str):
+def train(variant: str, steps: int = 1200, **operator):
     episodes = random_episodes(400, seed=0)
     transformed, _ = apply_reward_transform(episodes, "success", GAMMA)
     tokenizer = build_tiny_tokenizer([t.text for ep in episodes for t in ep.turns])
@@ -71,13 +71,13 @@ def train(variant: str):
         next_behavior = last_logits(behavior, batch["next_input_ids"], batch["next_attention_mask"])
         rows, next_rows = q_model.rows(ids), q_model.rows(batch["next_input_ids"])
         next_rows = next_rows[torch.arange(ids.shape[0]), batch["next_attention_mask"].sum(1) - 1]
-    for step in range(1200):
+    for step in range(steps):
         if step % 60 == 0:
             target_table = q_model.table.detach().clone()  # hard target update
         opt.zero_grad()
         out = qsft_loss(q_model.table[rows], target_table[rows], behavior_logits, ids, batch["action_mask"],
                         batch["reward"], batch["discount"], batch["next_state_index"],
-                        target_table[next_rows], next_behavior, variant=variant, dummy_token_id=dummy)
+                        target_table[next_rows], next_behavior, variant=variant, dummy_token_id=dummy, **operator)
         out.loss.backward()
         opt.step()
 
@@ -142,6 +142,41 @@ def test_uniform_variant_reaches_its_fixed_point_and_theorem_bounds():
         assert abs(p / pi - fixed[key] / pi_data[key]) < 0.05, (key, p / pi, fixed[key] / pi_data[key])
         if truth[key] >= 1 / (vocab - 1):  # Theorem 4.1: Q* >= p >= pi_beta * Q*
             assert truth[key] + 0.02 >= p >= pi * truth[key] - 0.02, (key, p, pi, truth[key])
+
+
+def expectile_fixed_point(counts, tau: float, gamma: float = GAMMA):
+    """Q_tau(s, a) = r + gamma * expectile_tau{Q_tau(s', a') : a' ~ pi(.|s')}, by iteration.
+
+    Two actions per state: with x_lo <= x_hi and weights w_lo, w_hi the expectile is
+    (tau w_hi x_hi + (1 - tau) w_lo x_lo) / (tau w_hi + (1 - tau) w_lo).
+    """
+    from tests.oracle_chain import step
+
+    pi = {(s, a): counts[(s, a)] / sum(counts[(s, b)] for b in ACTIONS) for s in range(GOAL) for a in ACTIONS}
+    q = {key: 0.0 for key in pi}
+
+    def value(s):
+        (x_lo, w_lo), (x_hi, w_hi) = sorted((q[(s, a)], pi[(s, a)]) for a in ACTIONS)
+        return (tau * w_hi * x_hi + (1 - tau) * w_lo * x_lo) / (tau * w_hi + (1 - tau) * w_lo)
+
+    for _ in range(300):
+        q = {(s, a): (lambda n, r, d: r + (0.0 if d else gamma * value(n)))(*step(s, a)) for (s, a) in q}
+    return q
+
+
+@pytest.mark.slow  # 2,400 steps of the prefix table: ~1 minute each on 2 cores
+@pytest.mark.parametrize("tau", [0.5, 0.8])
+def test_expectile_bootstrap_reaches_its_fixed_point(tau):
+    """--bootstrap expectile: tau = 0.5 evaluates the behavior policy (SARSA), tau -> 1 approaches Q*.
+
+    The Q-table starts at the behavior's (every ratio 1) and its values here are lower than Q*, so
+    it needs more hard target updates than the max (each contracts the error by gamma)."""
+    learned, counts, _ = train("dummy", steps=2400, operator="expectile", expectile=tau)
+    fixed = expectile_fixed_point(counts, tau)
+    truth = q_star()
+    assert max(truth[k] - fixed[k] for k in truth) > 0.05  # the expectile operator is below the max
+    for key, (p, pi) in learned.items():
+        assert abs(p / pi - fixed[key]) < 0.05, (key, p / pi, fixed[key])
 
 
 @pytest.mark.parametrize("gamma", [0.9])

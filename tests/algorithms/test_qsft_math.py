@@ -13,6 +13,7 @@ from qsft.algorithms.qsft import (
     max_ratio_sparse,
     q_hat,
     qsft_loss,
+    support_value,
     weighted_cross_entropy,
 )
 
@@ -117,10 +118,61 @@ def test_max_ratio_dense_and_sparse_match_loop():
     torch.testing.assert_close(max_ratio_sparse(target, ids, lps), dense, atol=1e-5, rtol=1e-5)
 
 
+def _reference_expectile(values, weights, tau):
+    """The tau-expectile of a discrete distribution: on the interval [x_j, x_j+1] holding the root, the
+    balance tau * sum_{x > m} w (x - m) = (1 - tau) * sum_{x <= m} w (m - x) is linear in m: solve it there."""
+    pairs = sorted(zip(values, weights))
+    xs, ws = [x for x, _ in pairs], [w for _, w in pairs]
+    for j in range(len(xs)):
+        lo_w, lo_x = sum(ws[: j + 1]), sum(w * x for w, x in zip(ws[: j + 1], xs[: j + 1]))
+        hi_w, hi_x = sum(ws[j + 1:]), sum(w * x for w, x in zip(ws[j + 1:], xs[j + 1:]))
+        m = (tau * hi_x + (1 - tau) * lo_x) / (tau * hi_w + (1 - tau) * lo_w)
+        if xs[j] - 1e-12 <= m <= (xs[j + 1] if j + 1 < len(xs) else float("inf")):
+            return m
+    raise AssertionError("no root")
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.7, 0.9, 0.99])
+def test_expectile_bootstrap_matches_loop_reference(tau):
+    g = torch.Generator().manual_seed(3)
+    target = torch.randn(3, 4, V, generator=g)
+    behavior = torch.randn(3, 4, V, generator=g) * 3
+    threshold = 0.02
+    dense = max_ratio_dense(target, behavior, threshold, exclude_token_id=DUMMY, chunk_size=5,
+                            operator="expectile", expectile=tau)
+    for i in range(3):
+        for j in range(4):
+            p_t = torch.softmax(target[i, j].double(), -1)
+            p_b = torch.softmax(behavior[i, j].double(), -1)
+            support = [a for a in range(V) if p_b[a] > threshold and a != DUMMY]
+            total = sum(float(p_b[a]) for a in support)
+            ref = _reference_expectile([min(float(p_t[a] / p_b[a]), 1.0) for a in support],
+                                       [float(p_b[a]) / total for a in support], tau)
+            assert math.isclose(float(dense[i, j]), ref, rel_tol=1e-5, abs_tol=1e-6)
+            if tau == 0.5:  # the behavior's mean of the (capped) ratio: sum_S min(p_target, pi_beta) / sum_S pi_beta
+                assert math.isclose(ref, sum(min(float(p_t[a]), float(p_b[a])) for a in support) / total, rel_tol=1e-9)
+
+
+def test_expectile_one_is_the_max_and_sparse_matches_dense():
+    g = torch.Generator().manual_seed(4)
+    target, behavior = torch.randn(2, 6, V, generator=g), torch.randn(2, 6, V, generator=g) * 3
+    top = max_ratio_dense(target, behavior, 0.02, operator="expectile", expectile=1.0)
+    torch.testing.assert_close(top, max_ratio_dense(target, behavior, 0.02).clamp(max=1), atol=1e-5, rtol=1e-5)
+    logp_b = torch.log_softmax(behavior, -1)
+    lps = logp_b.masked_fill(logp_b <= math.log(0.02), float("-inf"))
+    ids = torch.arange(V).expand(2, 6, V)
+    sparse = max_ratio_sparse(target, ids, lps, operator="expectile", expectile=0.8)
+    torch.testing.assert_close(sparse, max_ratio_dense(target, behavior, 0.02, operator="expectile", expectile=0.8),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="bootstrap operator"):
+        support_value(torch.zeros(1, 2), torch.zeros(1, 2), operator="mean")
+
+
 def test_empty_support_has_zero_value():
     target = torch.zeros(1, V)
     behavior = torch.zeros(1, V)
     assert float(max_ratio_dense(target, behavior, support_threshold=0.5)[0]) == 0.0
+    assert float(max_ratio_dense(target, behavior, support_threshold=0.5, operator="expectile")[0]) == 0.0
 
 
 def test_bellman_targets_loop_reference_with_terminal_truncated_and_external():

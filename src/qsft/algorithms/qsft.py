@@ -31,16 +31,60 @@ class TargetStats:
     clipped_fraction: float
 
 
+BOOTSTRAP_OPERATORS = ("max", "expectile")
+EXPECTILE_ITERATIONS = 40  # bisection steps: the bracket shrinks 2^40-fold, far below float32 resolution
+
+
+def support_value(
+    log_ratio: torch.Tensor,  # [n, K] log p_target(a|s) - log pi_beta(a|s); -inf outside the support
+    behavior_logprobs: torch.Tensor,  # [n, K] log pi_beta(a|s) (weights of the expectile)
+    operator: str = "max",
+    expectile: float = 0.9,
+) -> torch.Tensor:  # [n]
+    """The state value V(s) the Bellman target bootstraps from, over the support S(s).
+
+    max:        V(s) = max_{a in S} p_target/pi_beta                       (the paper's operator)
+    expectile:  V(s) = the `expectile` of x_a = min(p_target/pi_beta, 1) under a ~ pi_beta(.|s)
+                restricted to S, i.e. the m solving sum_a w_a |tau - 1[x_a < m]| (x_a - m) = 0 (IQL's
+                in-support maximum: tau -> 1 is the max, tau = 0.5 the behavior's mean, SARSA).
+                Q lies in [0, 1], so a ratio above 1 is estimation error: it is capped at 1 first,
+                else one rare action with a wild ratio drags the expectile up by its magnitude.
+    A state with an empty support gets value 0 (nothing the data supports to bootstrap from).
+    """
+    if operator not in BOOTSTRAP_OPERATORS:
+        raise ValueError(f"bootstrap operator must be one of {BOOTSTRAP_OPERATORS}, got {operator!r}")
+    inside = torch.isfinite(log_ratio)
+    empty = ~inside.any(dim=-1)
+    if operator == "max":
+        best = log_ratio.max(dim=-1).values
+        return torch.where(empty, torch.zeros_like(best), best.exp())
+    values = log_ratio.exp().clamp(max=1.0)  # [n, K], 0 outside
+    weights = torch.where(inside, behavior_logprobs.exp(), torch.zeros_like(values))
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-30)
+    low = torch.where(inside, values, torch.full_like(values, float("inf"))).min(-1).values
+    high = torch.where(inside, values, torch.zeros_like(values)).max(-1).values
+    low = torch.where(empty, torch.zeros_like(low), low)
+    for _ in range(EXPECTILE_ITERATIONS):  # the expectile equation is decreasing in m: bisect
+        mid = (low + high) / 2
+        gap = values - mid[:, None]
+        balance = (weights * (expectile * gap.clamp(min=0) + (1 - expectile) * gap.clamp(max=0))).sum(-1)
+        above = balance > 0
+        low, high = torch.where(above, mid, low), torch.where(above, high, mid)
+    return torch.where(empty, torch.zeros_like(low), (low + high) / 2)
+
+
 def max_ratio_dense(
     target_logits: torch.Tensor,  # [..., V]
     behavior_logits: torch.Tensor,  # [..., V]
     support_threshold: float = 1e-4,
     exclude_token_id: int | None = None,
     chunk_size: int = 4096,
+    operator: str = "max",
+    expectile: float = 0.9,
 ) -> torch.Tensor:  # [...]
-    """max_{a : pi_beta(a|s) > threshold} p_target(a|s) / pi_beta(a|s), in log space, chunked over rows.
+    """V(s') from dense logits: by default max_{a : pi_beta(a|s) > threshold} p_target(a|s) / pi_beta(a|s).
 
-    A state with an empty support gets value 0 (nothing the data supports to bootstrap from).
+    Log space, chunked over rows; `operator`/`expectile` choose the bootstrap (see `support_value`).
     """
     shape, vocab = target_logits.shape[:-1], target_logits.shape[-1]
     target_rows = target_logits.reshape(-1, vocab)
@@ -55,8 +99,11 @@ def max_ratio_dense(
         if exclude_token_id is not None:
             outside[:, exclude_token_id] = True
         ratio.masked_fill_(outside, NEG_INF)
-        best = ratio.max(dim=-1).values
-        out[start:start + chunk_size] = torch.where(torch.isfinite(best), best.exp(), torch.zeros_like(best))
+        if operator != "max":  # compress to the support (|S| < 1 / threshold) before the expectile
+            width = max(1, int((~outside).sum(-1).max()))
+            beh, ids = beh.masked_fill(outside, NEG_INF).topk(width, dim=-1)
+            ratio = ratio.gather(-1, ids)
+        out[start:start + chunk_size] = support_value(ratio, beh, operator, expectile)
     return out.reshape(shape)
 
 
@@ -64,12 +111,16 @@ def max_ratio_sparse(
     target_logits: torch.Tensor,  # [..., V]
     support_ids: torch.Tensor,  # [..., K] long; padding entries have logprob -inf
     support_logprobs: torch.Tensor,  # [..., K] log pi_beta of each support id
+    operator: str = "max",
+    expectile: float = 0.9,
 ) -> torch.Tensor:  # [...]
-    """Same max ratio as `max_ratio_dense`, with pi_beta given sparsely on its support (behavior cache)."""
+    """Same V(s') as `max_ratio_dense`, with pi_beta given sparsely on its support (behavior cache)."""
     target_logprobs = F.log_softmax(target_logits.float(), dim=-1).gather(-1, support_ids)  # [..., K]
     ratio = (target_logprobs - support_logprobs.float()).masked_fill(~torch.isfinite(support_logprobs), NEG_INF)
-    best = ratio.max(dim=-1).values
-    return torch.where(torch.isfinite(best), best.exp(), torch.zeros_like(best))
+    shape = ratio.shape[:-1]
+    flat = support_value(ratio.reshape(-1, ratio.shape[-1]), support_logprobs.float().reshape(-1, ratio.shape[-1]),
+                         operator, expectile)
+    return flat.reshape(shape)
 
 
 def bellman_targets(
@@ -242,14 +293,18 @@ def qsft_loss(
     variant: str = "uniform",
     dummy_token_id: int | None = None,
     support_threshold: float = 1e-4,
+    operator: str = "max",
+    expectile: float = 0.9,
 ) -> QSFTOutput:
     """The Q-SFT objective: Bellman targets from p_target / pi_beta, then the weighted cross-entropy."""
     exclude = dummy_token_id if variant == "dummy" else None
     with torch.no_grad():
-        state_values = max_ratio_dense(target_logits, behavior_logits, support_threshold, exclude)  # [B, T]
+        state_values = max_ratio_dense(target_logits, behavior_logits, support_threshold, exclude,
+                                       operator=operator, expectile=expectile)  # [B, T]
         external = None
         if next_target_logits is not None:
-            external = max_ratio_dense(next_target_logits, next_behavior_logits, support_threshold, exclude)
+            external = max_ratio_dense(next_target_logits, next_behavior_logits, support_threshold, exclude,
+                                       operator=operator, expectile=expectile)
         behavior_action_logprobs = action_logprobs(behavior_logits, input_ids)
     return qsft_loss_from_values(q_logits, state_values, behavior_action_logprobs, input_ids, action_mask, reward,
                                  discount, next_state_index, external, variant, dummy_token_id)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from qsft.algorithms.qsft import LOSS_VARIANTS
+from qsft.algorithms.qsft import BOOTSTRAP_OPERATORS, LOSS_VARIANTS
 from qsft.data.rewards import parse_spec
 from qsft.data.tokenize import TRUNCATION_MODES
 from qsft.errors import ConfigError
@@ -94,6 +94,11 @@ class QSFTConfig(BootstrappedConfig):
     target_update_steps: int = field(default=100, metadata={"help": "With target_update=hard: copy every N steps."})
     support_threshold: float = field(default=1e-4, metadata={
         "help": "Actions with pi_beta <= threshold are left out of the max in the Bellman target."})
+    bootstrap: str = field(default="max", metadata={
+        "help": "V(s') in the Bellman target: 'max' of p_target/pi_beta over the support (paper) or its "
+                "'expectile' under pi_beta (in-support soft max; see --expectile)."})
+    expectile: float = field(default=0.9, metadata={
+        "help": "With --bootstrap expectile: tau in (0, 1]; 1 is the max, 0.5 the behavior's mean (SARSA)."})
     loss_variant: str | None = field(default=None, metadata={
         "help": "'uniform' (paper Eq. 3) or 'dummy'; default: dummy for tiny models, uniform otherwise."})
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
@@ -125,6 +130,10 @@ class QSFTConfig(BootstrappedConfig):
             raise ConfigError(f"target_update_steps must be >= 1, got {self.target_update_steps}")
         if not 0 <= self.support_threshold < 1:
             raise ConfigError(f"support_threshold must be in [0, 1), got {self.support_threshold}")
+        if self.bootstrap not in BOOTSTRAP_OPERATORS:
+            raise ConfigError(f"bootstrap must be one of {BOOTSTRAP_OPERATORS}, got {self.bootstrap!r}")
+        if not 0 < self.expectile <= 1:
+            raise ConfigError(f"expectile must be in (0, 1], got {self.expectile}")
         if self.loss_variant is not None and self.loss_variant not in LOSS_VARIANTS:
             raise ConfigError(f"loss_variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
         if self.q_init not in ("behavior", "model"):

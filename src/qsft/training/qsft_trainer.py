@@ -142,7 +142,7 @@ class QSFTTrainer(OfflineRLTrainer):
         """
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
         pixels, next_pixels = inputs.get("pixel_values"), inputs.get("next_pixel_values")
-        operator: dict = {}  # options of the bootstrap operator, forwarded to max_ratio_dense / _sparse
+        operator = {"operator": self.args.bootstrap, "expectile": self.args.expectile}
         threshold = self.args.support_threshold
         exclude = self.dummy_token_id if self.loss_variant == "dummy" else None
         nsi = inputs["next_state_index"]
