@@ -103,12 +103,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     data.set_defaults(handler=show_help)
 
     generate = commands.add_parser("generate", help="roll out a scripted behavior policy and write a JSONL dataset")
+    from qsft.envs.registry import GYM_PREFIX, list_envs  # names only: no environment module is imported
+
     generate.add_argument("--env", required=True,
-                          help="environment name: maze, maze-po, wordle, chess-kq, chess-kr, chess-kqr, "
-                               "chess-krr, chess-endgames")
+                          help=f"environment name: {', '.join(list_envs())} (or {GYM_PREFIX}<id>)")
     generate.add_argument("--policy", default=None,
                           help="behavior policy spec: optimal, random, epsilon:P, mixture:P or env-specific "
-                               "(maze lmrl[:P], wordle consistent[:P], chess stockfish:D); default per env")
+                               "(maze lmrl[:P], wordle consistent[:P], chess stockfish:D, textworld half-competent[:P]); "
+                               "default per env")
     generate.add_argument("--episodes", type=int, default=1000, help="number of episodes to generate")
     generate.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed gives the same file")
     generate.add_argument("--out", required=True, help="output JSONL path (stats go to <out>.stats.json)")
