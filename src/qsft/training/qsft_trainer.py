@@ -167,13 +167,14 @@ class QSFTTrainer(OfflineRLTrainer):
         else:
             decisions = torch.zeros_like(states)
             decisions[:, :-1] = inputs["action_mask"][:, 1:].bool()  # token t is decided at position t - 1
-            keep = states | decisions
-            target = logits_at(self.target_model, ids, attention, keep, pixels)
+            keep = states | decisions  # the behavior also at decisions (q_hat); the target at states only
+            target = logits_at(self.target_model, ids, attention, states, pixels)
             if behavior_live is not None:
                 behavior = behavior_live.detach()[keep]
             else:
                 behavior = logits_at(self.behavior_model, ids, attention, keep, pixels)
-            values[keep] = max_ratio_dense(target, behavior, threshold, exclude, chunk_size=ROW_CHUNK, **operator)
+            values[states] = max_ratio_dense(target, behavior[states[keep]], threshold, exclude,
+                                             chunk_size=ROW_CHUNK, **operator)
             rows_b, rows_p = keep.nonzero(as_tuple=True)
             taken = rows_p + 1 < ids.shape[1]  # the log-prob of the token each row predicts
             next_token = ids[rows_b[taken], rows_p[taken] + 1]
