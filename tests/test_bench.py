@@ -28,6 +28,22 @@ def test_bench_writes_results_folder_and_reuses_finished_runs(tmp_path):
     assert model_file.stat().st_mtime_ns == stamp and sum("done earlier" in line for line in logs) == 2
 
 
+def test_parallel_bench_runs_qsft_after_its_seeds_bc(tmp_path):
+    settings = BenchSettings(env="maze", algos=["qsft", "bc"], seeds=2, episodes=12, eval_episodes=3, budget=2,
+                             overrides=TINY)
+    logs: list[str] = []
+    results = run_bench(settings, tmp_path, progress=False, log=logs.append, jobs=2)
+    assert [(r.config["method"], r.config["seed"]) for r in results] == [("bc", 1000), ("qsft", 1000),
+                                                                          ("bc", 1001), ("qsft", 1001)]
+    assert any("running 4 runs, 2 at a time" in line for line in logs)
+    for seed in (0, 1):
+        info = json.loads((tmp_path / f"runs/qsft-seed{seed}/qsft.json").read_text())
+        assert info["behavior_model"].endswith(f"bc-seed{seed}")
+        bc_done = (tmp_path / f"runs/bc-seed{seed}/results.json").stat().st_mtime_ns
+        assert (tmp_path / f"runs/qsft-seed{seed}/model.safetensors").stat().st_mtime_ns > bc_done
+    assert "| qsft | maze | 2 |" in (tmp_path / "report.md").read_text()
+
+
 def test_bench_cli_rejects_unknown_algorithm(capsys):
     assert main(["bench", "--env", "maze", "--algos", "bc,magic"]) == 2
     assert "unknown algorithm(s) magic" in capsys.readouterr().err

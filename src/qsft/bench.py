@@ -69,7 +69,10 @@ def _method_overrides(settings: BenchSettings, defaults: dict[str, Any], algo: s
     return overrides
 
 
-def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, log=print) -> list[EvalResult]:
+def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, log=print,
+              jobs: int = 1) -> list[EvalResult]:
+    """Every (algorithm, seed) run, then the report. `jobs` > 1 runs that many in parallel processes,
+    each with its share of the CPU threads; a Q-SFT run still waits for the BC run of its seed."""
     out = Path(out)
     defaults = env_defaults(settings.env)
     data = out / "data" / f"{settings.env}.jsonl"
@@ -80,34 +83,101 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
                                  settings.data_seed, data, progress=progress)
         log(f"  return {stats['return_mean']:.2f} (min {stats['return_min']:g}, max {stats['return_max']:g}), "
             f"success {stats['success_rate']:.0%}, optimal {stats['optimal_rate']:.0%}")
-    eval_cfg = defaults.get("eval", {})
-    results: list[EvalResult] = []
     # BC first: a Q-SFT run of the same seed reuses it as its frozen behavior model (Algorithm 1).
     order = sorted(settings.algos, key=lambda a: a != "bc")
-    for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
-        for algo in order:
-            run_dir = out / "runs" / f"{algo}-seed{seed}"
-            if (run_dir / RESULTS).is_file():
-                log(f"{algo} seed {seed}: done earlier, reusing {run_dir / RESULTS}")
-                results.append(EvalResult.load(run_dir / RESULTS))
-                continue
-            overrides = _method_overrides(settings, defaults, algo, seed)
-            bc_dir = out / "runs" / f"bc-seed{seed}"
-            if algo == "qsft" and "bc" in settings.algos and "behavior" not in overrides:
-                overrides["behavior"] = str(bc_dir)
-            overrides.setdefault("disable_tqdm", not progress)
-            log(f"training {algo} seed {seed} ({overrides.get('max_steps', 'default')} steps) -> {run_dir}")
-            train(algo, data, settings.model, run_dir, overrides, env=settings.env)
-            mode_cfg = eval_cfg.get(algo, {}) if isinstance(eval_cfg.get(algo), dict) else {}
-            result = evaluate(run_dir, settings.env, settings.eval_episodes, mode=mode_cfg.get("decode"),
-                              beta=mode_cfg.get("beta"), seed=1000 + seed, greedy=mode_cfg.get("greedy", False),
-                              batch_size=eval_cfg.get("batch_size", 32), out=run_dir / RESULTS, label=algo,
-                              progress=progress)
-            log(f"  {algo} seed {seed}: return {result.summary.mean_return:.2f}, "
-                f"success {result.summary.success_rate:.0%}, score {result.summary.normalized_score}")
-            results.append(result)
+    runs = [(algo, seed) for seed in range(settings.first_seed, settings.first_seed + settings.seeds)
+            for algo in order]
+    done: dict[tuple[str, int], EvalResult] = {}
+    for algo, seed in runs:
+        if (out / "runs" / f"{algo}-seed{seed}" / RESULTS).is_file():
+            log(f"{algo} seed {seed}: done earlier, reusing {out / 'runs' / f'{algo}-seed{seed}' / RESULTS}")
+            done[algo, seed] = EvalResult.load(out / "runs" / f"{algo}-seed{seed}" / RESULTS)
+    todo = [run for run in runs if run not in done]
+    if jobs <= 1 or len(todo) <= 1:
+        for algo, seed in todo:
+            done[algo, seed] = _train_and_evaluate(settings, defaults, data, out, algo, seed, progress, log)
+    else:
+        done.update(_run_parallel(settings, defaults, data, out, todo, jobs, log))
+    results = [done[run] for run in runs]
     write_bench_report(settings, results, out)
     return results
+
+
+def _train_and_evaluate(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path, algo: str,
+                        seed: int, progress: bool, log) -> EvalResult:
+    run_dir = out / "runs" / f"{algo}-seed{seed}"
+    overrides = _method_overrides(settings, defaults, algo, seed)
+    if _needs_bc(settings, algo, overrides):
+        overrides["behavior"] = str(out / "runs" / f"bc-seed{seed}")
+    overrides.setdefault("disable_tqdm", not progress)
+    log(f"training {algo} seed {seed} ({overrides.get('max_steps', 'default')} steps) -> {run_dir}")
+    train(algo, data, settings.model, run_dir, overrides, env=settings.env)
+    eval_cfg = defaults.get("eval", {})
+    mode_cfg = eval_cfg.get(algo, {}) if isinstance(eval_cfg.get(algo), dict) else {}
+    result = evaluate(run_dir, settings.env, settings.eval_episodes, mode=mode_cfg.get("decode"),
+                      beta=mode_cfg.get("beta"), seed=1000 + seed, greedy=mode_cfg.get("greedy", False),
+                      batch_size=eval_cfg.get("batch_size", 32), out=run_dir / RESULTS, label=algo,
+                      progress=progress)
+    log(f"  {algo} seed {seed}: return {result.summary.mean_return:.2f}, "
+        f"success {result.summary.success_rate:.0%}, score {result.summary.normalized_score}")
+    return result
+
+
+def _needs_bc(settings: BenchSettings, algo: str, overrides: dict[str, Any]) -> bool:
+    return algo == "qsft" and "bc" in settings.algos and "behavior" not in overrides
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path, algo: str,
+            seed: int) -> Path:
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    _train_and_evaluate(settings, defaults, data, out, algo, seed, False, log)
+    return out / "runs" / f"{algo}-seed{seed}" / RESULTS
+
+
+def _run_parallel(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path,
+                  todo: list[tuple[str, int]], jobs: int, log) -> dict[tuple[str, int], EvalResult]:
+    """Runs in `jobs` spawned processes (threads split evenly); a Q-SFT run starts once its seed's BC is done.
+
+    On a failure the runs already started finish (their results are kept for a resume), then it raises."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log(f"running {len(todo)} runs, {jobs} at a time ({threads} thread(s) each)")
+    pending, running, finished = list(todo), {}, {}
+    failure: BaseException | None = None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        while pending or running:
+            unfinished = set(pending) | set(running.values())
+            ready = [run for run in pending
+                     if not (_needs_bc(settings, run[0], _method_overrides(settings, defaults, *run))
+                             and ("bc", run[1]) in unfinished)]
+            while failure is None and ready and len(running) < jobs:
+                run = ready.pop(0)
+                pending.remove(run)
+                running[pool.submit(_worker, settings, defaults, data, out, *run)] = run
+            if not running:
+                break
+            complete, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in complete:
+                run = running.pop(future)
+                try:
+                    finished[run] = EvalResult.load(future.result())
+                except BaseException as error:  # noqa: BLE001 - re-raised once the running runs finish
+                    failure = failure or error
+    if failure is not None:
+        raise failure
+    return finished
 
 
 def aggregate(results: list[EvalResult]) -> dict[str, dict[str, float]]:

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("--policy", help="Behavior policy spec for the dataset (default: the env's).")
     parser.add_argument("--data-seed", type=int, default=0, help="Seed of the generated dataset.")
     parser.add_argument("--out", default=None, help="Results folder (default: bench-<env>).")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Runs trained and evaluated at once, in separate processes that share the CPU "
+                             "threads (a Q-SFT run waits for its seed's BC run).")
     parser.set_defaults(handler=run)
 
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                              seeds=args.seeds, episodes=args.episodes, eval_episodes=args.eval_episodes,
                              model=args.model, budget=args.budget, data_seed=args.data_seed, policy=args.policy)
     out = args.out or f"bench-{args.env}"
-    results = run_bench(settings, out)
+    results = run_bench(settings, out, jobs=args.jobs)
     print()
     print(format_table(args.env, aggregate(results)))
     print(f"wrote {out}/report.md, {out}/report.png, {out}/bench.json and per-run results under {out}/runs/")
