@@ -38,9 +38,9 @@ SHAPES = {  # n_layer, n_embd, n_head, vocab
     "small": (4, 256, 4, 8000),
     "gpt2-small": (12, 768, 12, 50257),
 }
-VARIANTS = ("sft", "qsft_live", "qsft_cache", "ilql")
+VARIANTS = ("sft", "qsft_live", "qsft_cache", "qsft_cache_bf16", "ilql")
 LABELS = {"sft": "SFT (BCTrainer)", "qsft_live": "Q-SFT, live behavior", "qsft_cache": "Q-SFT, behavior cache",
-          "ilql": "ILQL"}
+          "qsft_cache_bf16": "Q-SFT, behavior cache, bf16 target", "ilql": "ILQL"}
 
 
 # --- memory: Linux's peak resident set, resettable per step ---
@@ -133,11 +133,12 @@ def _trainer(variant: str, args, work: Path):
         config = _config(ILQLConfig, args, out, **reward)
         dataset, _ = qsft_dataset(episodes, tokenizer, config, None)
         return ILQLTrainer(ILQLModel(_model(args, 0)), config, dataset, tokenizer), dataset
+    target_dtype = "bfloat16" if variant.endswith("_bf16") else "float32"
     config = _config(QSFTConfig, args, out, loss_variant="uniform", support_threshold=args.support_threshold,
-                     **reward)
+                     target_dtype=target_dtype, **reward)
     dataset, _ = qsft_dataset(episodes, tokenizer, config, None)
     behavior = _model(args, 1)
-    if variant in ("qsft_cache", "build_cache"):
+    if variant in ("qsft_cache", "qsft_cache_bf16", "build_cache"):
         cache, built = behavior_cache_for(work / CACHE_FILE, behavior, dataset.samples, args.support_threshold,
                                           args.k, pad_token_id=tokenizer.pad_token_id)
         if variant == "build_cache":
@@ -236,7 +237,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache_stats = None
-        if "qsft_cache" in variants:
+        if any(v.startswith("qsft_cache") for v in variants):
             cache_stats = _spawn("build_cache", args, work)
             print(f"behavior cache built in {cache_stats['seconds']:.1f} s: {cache_stats['states']} states, "
                   f"{cache_stats['overflow_states']} with a support over k={cache_stats['k']} "
@@ -263,14 +264,15 @@ def main() -> None:
     ref = summary.get("sft")
     print(f"\none [B, T, V] fp32 logits tensor = {logits_gib:.3f} GiB")
     print("| variant | median step wall (s) | x SFT | median step CPU (s) | x SFT | peak RSS (GiB) | "
-          "step alloc (GiB) | step alloc - SFT's (in logits tensors) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "peak - SFT's (in logits tensors) | step alloc (GiB) | step alloc - SFT's (in logits tensors) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant, row in summary.items():
         ratio = f"{row['median_s'] / ref['median_s']:.2f}" if ref else "-"
         cpu_ratio = f"{row['median_cpu_s'] / ref['median_cpu_s']:.2f}" if ref else "-"
         extra = f"{(row['step_gib'] - ref['step_gib']) / logits_gib:+.2f}" if ref else "-"
+        extra_peak = f"{(row['peak_gib'] - ref['peak_gib']) / logits_gib:+.2f}" if ref else "-"
         print(f"| {LABELS[variant]} | {row['median_s']:.2f} | {ratio} | {row['median_cpu_s']:.2f} | {cpu_ratio} | "
-              f"{row['peak_gib']:.2f} | {row['step_gib']:.2f} | {extra} |")
+              f"{row['peak_gib']:.2f} | {extra_peak} | {row['step_gib']:.2f} | {extra} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "cache": cache_stats, "runs": results,
                                                "summary": summary}, indent=2))

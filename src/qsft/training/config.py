@@ -92,6 +92,9 @@ class QSFTConfig(BootstrappedConfig):
 
     target_update: str = field(default="polyak", metadata={"help": "Target network update: 'polyak' or 'hard'."})
     target_update_steps: int = field(default=100, metadata={"help": "With target_update=hard: copy every N steps."})
+    target_dtype: str = field(default="float32", metadata={
+        "help": "Target network storage and compute dtype: 'float32', or 'bfloat16' (half the memory of the copy; "
+                "Polyak updates round stochastically so that small steps are not lost). Full fine-tuning only."})
     support_threshold: float = field(default=1e-4, metadata={
         "help": "Actions with pi_beta <= threshold are left out of the max in the Bellman target."})
     bootstrap: str = field(default="max", metadata={
@@ -128,6 +131,8 @@ class QSFTConfig(BootstrappedConfig):
             raise ConfigError(f"target_update must be 'polyak' or 'hard', got {self.target_update!r}")
         if self.target_update_steps < 1:
             raise ConfigError(f"target_update_steps must be >= 1, got {self.target_update_steps}")
+        if self.target_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"target_dtype must be 'float32' or 'bfloat16', got {self.target_dtype!r}")
         if not 0 <= self.support_threshold < 1:
             raise ConfigError(f"support_threshold must be in [0, 1), got {self.support_threshold}")
         if self.bootstrap not in BOOTSTRAP_OPERATORS:
@@ -138,6 +143,8 @@ class QSFTConfig(BootstrappedConfig):
             raise ConfigError(f"loss_variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
         if self.q_init not in ("behavior", "model"):
             raise ConfigError(f"q_init must be 'behavior' or 'model', got {self.q_init!r}")
+        if self.lora and self.target_dtype != "float32":
+            raise ConfigError("target_dtype applies to full fine-tuning: with lora the target is a small adapter")
         if self.lora and self.behavior == "cotrain":
             raise ConfigError("lora cannot co-train the behavior model: leave --behavior empty (trained first) "
                               "or give a behavior adapter directory")

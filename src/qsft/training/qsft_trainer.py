@@ -34,7 +34,7 @@ from qsft.models.lora import (
     adapter_pairs,
     is_lora_model,
 )
-from qsft.models.target import hard_update, make_target, polyak_update
+from qsft.models.target import TARGET_DTYPES, hard_update, make_target, polyak_update
 from qsft.training.base import OfflineRLTrainer
 
 TARGET_DIR, BEHAVIOR_DIR, WEIGHTS = "target", "behavior", "model.safetensors"
@@ -50,7 +50,7 @@ class TargetUpdateCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         target, source = self.trainer.target_and_q_parameters()
         if args.target_update == "polyak":
-            polyak_update(target, source, args.tau)
+            polyak_update(target, source, args.tau, generator=self.trainer.rounding)
         elif state.global_step % args.target_update_steps == 0:
             hard_update(target, source)
 
@@ -80,15 +80,22 @@ class QSFTTrainer(OfflineRLTrainer):
         if self.lora:
             self.behavior_model = AdapterView(model, BEHAVIOR_ADAPTER)
             self.target_model = AdapterView(model, TARGET_ADAPTER)
-        elif isinstance(train_dataset, BehaviorCachedDataset):  # every batch carries pi_beta: no behavior weights
-            self.behavior_model = None
-            self.target_model = make_target(self.accelerator.unwrap_model(self.model)).to(self.args.device)
         else:
-            self.behavior_model = behavior_model.to(self.args.device)
-            if not self.cotrain:
-                self.behavior_model.requires_grad_(False).eval()
-            self.target_model = make_target(self.accelerator.unwrap_model(self.model)).to(self.args.device)
+            if isinstance(train_dataset, BehaviorCachedDataset):  # every batch carries pi_beta: no behavior weights
+                self.behavior_model = None
+            else:
+                self.behavior_model = behavior_model.to(self.args.device)
+                if not self.cotrain:
+                    self.behavior_model.requires_grad_(False).eval()
+            dtype = TARGET_DTYPES[args.target_dtype]
+            self.target_model = make_target(self.accelerator.unwrap_model(self.model), dtype).to(self.args.device)
+        # stochastic rounding of a bfloat16 target's Polyak updates: its own stream, so that the
+        # dtype choice leaves the training randomness (data order, dropout) unchanged
+        self.rounding = torch.Generator(device=self.args.device).manual_seed(args.seed)
         self.add_callback(TargetUpdateCallback(self))
+
+    def target_dtype(self) -> torch.dtype:
+        return next(self.target_model.parameters()).dtype
 
     def target_and_q_parameters(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Matching parameter lists of the target network and the Q-model (what Polyak/hard updates move)."""
@@ -142,6 +149,8 @@ class QSFTTrainer(OfflineRLTrainer):
         """
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
         pixels, next_pixels = inputs.get("pixel_values"), inputs.get("next_pixel_values")
+        target_pixels, target_next_pixels = (x if x is None or self.lora else x.to(self.target_dtype())
+                                             for x in (pixels, next_pixels))
         operator = {"operator": self.args.bootstrap, "expectile": self.args.expectile}
         threshold = self.args.support_threshold
         exclude = self.dummy_token_id if self.loss_variant == "dummy" else None
@@ -154,7 +163,7 @@ class QSFTTrainer(OfflineRLTrainer):
             keep = torch.zeros_like(states).scatter_(1, index.clamp(min=0), index >= 0)
             if (states & ~keep).any():
                 raise BehaviorCacheError("a next state of this batch is missing from the behavior cache")
-            target = logits_at(self.target_model, ids, attention, keep, pixels)  # [N, V], N = states
+            target = logits_at(self.target_model, ids, attention, keep, target_pixels)  # [N, V], N = states
             valid = index >= 0
             support_ids = inputs["behavior_support_ids"][valid]  # [N, W], same row-major order as keep
             support_logprobs = inputs["behavior_support_logprobs"][valid]
@@ -168,7 +177,7 @@ class QSFTTrainer(OfflineRLTrainer):
             decisions = torch.zeros_like(states)
             decisions[:, :-1] = inputs["action_mask"][:, 1:].bool()  # token t is decided at position t - 1
             keep = states | decisions  # the behavior also at decisions (q_hat); the target at states only
-            target = logits_at(self.target_model, ids, attention, states, pixels)
+            target = logits_at(self.target_model, ids, attention, states, target_pixels)
             if behavior_live is not None:
                 behavior = behavior_live.detach()[keep]
             else:
@@ -188,7 +197,7 @@ class QSFTTrainer(OfflineRLTrainer):
             nxt, nxt_mask = inputs["next_input_ids"], inputs["next_attention_mask"]
             last = torch.zeros_like(nxt_mask, dtype=torch.bool)
             last[torch.arange(nxt.shape[0], device=nxt.device), nxt_mask.sum(1) - 1] = True
-            next_target = logits_at(self.target_model, nxt, nxt_mask, last, next_pixels)  # [B, V]
+            next_target = logits_at(self.target_model, nxt, nxt_mask, last, target_next_pixels)  # [B, V]
             if cached:
                 external = max_ratio_sparse(next_target, inputs["behavior_next_support_ids"],
                                             inputs["behavior_next_support_logprobs"], **operator)
