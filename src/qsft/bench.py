@@ -69,6 +69,15 @@ def _method_overrides(settings: BenchSettings, defaults: dict[str, Any], algo: s
     return overrides
 
 
+def default_jobs(model: str) -> int:
+    """Parallel runs for `qsft bench` when not given: 2 for the tiny preset on a CPU-only machine with 2+ cores."""
+    import os
+
+    import torch
+
+    return 2 if model == "tiny" and not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
+
+
 def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, log=print,
               jobs: int = 1) -> list[EvalResult]:
     """Every (algorithm, seed) run, then the report. `jobs` > 1 runs that many in parallel processes,
@@ -142,6 +151,10 @@ def _worker(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: 
     return out / "runs" / f"{algo}-seed{seed}" / RESULTS
 
 
+# Parallel start order: BC first (Q-SFT runs wait for it), then the longest runs (a smaller tail).
+_PRIORITY = {"bc": 0, "qsft": 1, "ilql": 2}
+
+
 def _run_parallel(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path,
                   todo: list[tuple[str, int]], jobs: int, log) -> dict[tuple[str, int], EvalResult]:
     """Runs in `jobs` spawned processes (threads split evenly); a Q-SFT run starts once its seed's BC is done.
@@ -159,9 +172,10 @@ def _run_parallel(settings: BenchSettings, defaults: dict[str, Any], data: Path,
                              initializer=_worker_init, initargs=(threads,)) as pool:
         while pending or running:
             unfinished = set(pending) | set(running.values())
-            ready = [run for run in pending
-                     if not (_needs_bc(settings, run[0], _method_overrides(settings, defaults, *run))
-                             and ("bc", run[1]) in unfinished)]
+            ready = sorted((run for run in pending
+                            if not (_needs_bc(settings, run[0], _method_overrides(settings, defaults, *run))
+                                    and ("bc", run[1]) in unfinished)),
+                           key=lambda run: (_PRIORITY.get(run[0], len(_PRIORITY)), run[1]))
             while failure is None and ready and len(running) < jobs:
                 run = ready.pop(0)
                 pending.remove(run)

@@ -23,21 +23,23 @@ def register(subparsers) -> None:
     parser.add_argument("--policy", help="Behavior policy spec for the dataset (default: the env's).")
     parser.add_argument("--data-seed", type=int, default=0, help="Seed of the generated dataset.")
     parser.add_argument("--out", default=None, help="Results folder (default: bench-<env>).")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=int, default=None,
                         help="Runs trained and evaluated at once, in separate processes that share the CPU "
-                             "threads (a Q-SFT run waits for its seed's BC run).")
+                             "threads (a Q-SFT run waits for its seed's BC run). Default: 2 for --model tiny "
+                             "on a machine with 2+ cores and no GPU (small models use two processes better "
+                             "than two threads), else 1.")
     parser.set_defaults(handler=run)
 
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
-    from qsft.bench import BenchSettings, aggregate, format_table, run_bench
+    from qsft.bench import BenchSettings, aggregate, default_jobs, format_table, run_bench
 
     settings = BenchSettings(env=args.env, algos=[a.strip() for a in args.algos.split(",") if a.strip()],
                              seeds=args.seeds, episodes=args.episodes, eval_episodes=args.eval_episodes,
                              model=args.model, budget=args.budget, data_seed=args.data_seed, policy=args.policy)
     out = args.out or f"bench-{args.env}"
-    results = run_bench(settings, out, jobs=args.jobs)
+    results = run_bench(settings, out, jobs=args.jobs if args.jobs is not None else default_jobs(args.model))
     print()
     print(format_table(args.env, aggregate(results)))
     print(f"wrote {out}/report.md, {out}/report.png, {out}/bench.json and per-run results under {out}/runs/")
