@@ -81,7 +81,9 @@ def default_jobs(model: str) -> int:
 def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, log=print,
               jobs: int = 1) -> list[EvalResult]:
     """Every (algorithm, seed) run, then the report. `jobs` > 1 runs that many in parallel processes,
-    each with its share of the CPU threads; a Q-SFT run still waits for the BC run of its seed."""
+    each with its share of the CPU threads; a Q-SFT run still waits for the BC run of its seed.
+    The processes are spawned, so a script calling this with `jobs` > 1 needs the usual
+    `if __name__ == "__main__":` guard around it."""
     out = Path(out)
     defaults = env_defaults(settings.env)
     data = out / "data" / f"{settings.env}.jsonl"
