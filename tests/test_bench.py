@@ -1,6 +1,14 @@
 """`qsft bench` engine end to end on a tiny budget: everything lands in the results folder; resumable."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from qsft.bench import BenchSettings, run_bench
 from qsft.cli import main
@@ -47,3 +55,35 @@ def test_parallel_bench_runs_qsft_after_its_seeds_bc(tmp_path):
 def test_bench_cli_rejects_unknown_algorithm(capsys):
     assert main(["bench", "--env", "maze", "--algos", "bc,magic"]) == 2
     assert "unknown algorithm(s) magic" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_parallel_workers_die_with_a_killed_bench(tmp_path):
+    # the bench's own worker set-up, in a pool whose parent is then SIGKILLed (no chance to clean up)
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from qsft.bench import _worker_init\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                               initializer=_worker_init, initargs=(1, os.getpid()))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.2)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return status != "Z"  # a zombie has exited

@@ -138,10 +138,27 @@ def _needs_bc(settings: BenchSettings, algo: str, overrides: dict[str, Any]) -> 
     return algo == "qsft" and "bc" in settings.algos and "behavior" not in overrides
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int) -> None:
     import torch
 
+    _die_with_parent(parent)
     torch.set_num_threads(threads)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this worker when the bench process dies (a killed bench leaves no runs behind)."""
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _worker(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path, algo: str,
@@ -171,7 +188,7 @@ def _run_parallel(settings: BenchSettings, defaults: dict[str, Any], data: Path,
     pending, running, finished = list(todo), {}, {}
     failure: BaseException | None = None
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(threads,)) as pool:
+                             initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
         while pending or running:
             unfinished = set(pending) | set(running.values())
             ready = sorted((run for run in pending
