@@ -100,9 +100,9 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
             for algo in order]
     done: dict[tuple[str, int], EvalResult] = {}
     for algo, seed in runs:
-        if (out / "runs" / f"{algo}-seed{seed}" / RESULTS).is_file():
-            log(f"{algo} seed {seed}: done earlier, reusing {out / 'runs' / f'{algo}-seed{seed}' / RESULTS}")
-            done[algo, seed] = EvalResult.load(out / "runs" / f"{algo}-seed{seed}" / RESULTS)
+        if (result_file := _run_dir(out, algo, seed) / RESULTS).is_file():
+            log(f"{algo} seed {seed}: done earlier, reusing {result_file}")
+            done[algo, seed] = EvalResult.load(result_file)
     todo = [run for run in runs if run not in done]
     if jobs <= 1 or len(todo) <= 1:
         for algo, seed in todo:
@@ -114,12 +114,16 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
     return results
 
 
+def _run_dir(out: Path, algo: str, seed: int) -> Path:
+    return out / "runs" / f"{algo}-seed{seed}"
+
+
 def _train_and_evaluate(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path, algo: str,
                         seed: int, progress: bool, log) -> EvalResult:
-    run_dir = out / "runs" / f"{algo}-seed{seed}"
+    run_dir = _run_dir(out, algo, seed)
     overrides = _method_overrides(settings, defaults, algo, seed)
     if _needs_bc(settings, algo, overrides):
-        overrides["behavior"] = str(out / "runs" / f"bc-seed{seed}")
+        overrides["behavior"] = str(_run_dir(out, "bc", seed))
     overrides.setdefault("disable_tqdm", not progress)
     log(f"training {algo} seed {seed} ({overrides.get('max_steps', 'default')} steps) -> {run_dir}")
     train(algo, data, settings.model, run_dir, overrides, env=settings.env)
@@ -167,7 +171,7 @@ def _worker(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: 
         print(message, flush=True)
 
     _train_and_evaluate(settings, defaults, data, out, algo, seed, False, log)
-    return out / "runs" / f"{algo}-seed{seed}" / RESULTS
+    return _run_dir(out, algo, seed) / RESULTS
 
 
 # Parallel start order: BC first (Q-SFT runs wait for it), then the longest runs (a smaller tail).
@@ -186,14 +190,15 @@ def _run_parallel(settings: BenchSettings, defaults: dict[str, Any], data: Path,
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"running {len(todo)} runs, {jobs} at a time ({threads} thread(s) each)")
     pending, running, finished = list(todo), {}, {}
+    # a Q-SFT run trained on its seed's BC run (the frozen behavior model) waits for that run
+    waits_for = {run: ("bc", run[1]) for run in todo
+                 if _needs_bc(settings, run[0], _method_overrides(settings, defaults, *run))}
     failure: BaseException | None = None
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
         while pending or running:
             unfinished = set(pending) | set(running.values())
-            ready = sorted((run for run in pending
-                            if not (_needs_bc(settings, run[0], _method_overrides(settings, defaults, *run))
-                                    and ("bc", run[1]) in unfinished)),
+            ready = sorted((run for run in pending if waits_for.get(run) not in unfinished),
                            key=lambda run: (_PRIORITY.get(run[0], len(_PRIORITY)), run[1]))
             while failure is None and ready and len(running) < jobs:
                 run = ready.pop(0)
