@@ -140,7 +140,7 @@ def _trainer(variant: str, args, work: Path):
     behavior = _model(args, 1)
     if variant in ("qsft_cache", "qsft_cache_bf16", "build_cache"):
         cache, built = behavior_cache_for(work / CACHE_FILE, behavior, dataset.samples, args.support_threshold,
-                                          args.k, pad_token_id=tokenizer.pad_token_id)
+                                          pad_token_id=tokenizer.pad_token_id)
         if variant == "build_cache":
             return None, cache
         if built:
@@ -208,7 +208,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per subprocess.")
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per subprocess.")
     parser.add_argument("--rounds", type=int, default=1, help="Subprocesses per variant (interleaved).")
-    parser.add_argument("--k", type=int, default=128, help="Behavior cache: support actions stored per state.")
     parser.add_argument("--support-threshold", type=float, default=1e-4, help="Q-SFT support threshold.")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"Comma-separated subset of {VARIANTS}.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
@@ -240,8 +239,8 @@ def main() -> None:
         if any(v.startswith("qsft_cache") for v in variants):
             cache_stats = _spawn("build_cache", args, work)
             print(f"behavior cache built in {cache_stats['seconds']:.1f} s: {cache_stats['states']} states, "
-                  f"{cache_stats['overflow_states']} with a support over k={cache_stats['k']} "
-                  f"(largest support {cache_stats['max_support_size']})", flush=True)
+                  f"support size mean {cache_stats['mean_support_size']:.1f}, largest "
+                  f"{cache_stats['max_support_size']}", flush=True)
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for variant in order:

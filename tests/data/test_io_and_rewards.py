@@ -122,3 +122,78 @@ def test_partial_return_check_names_episode_and_turn():
         check_partial_returns(episode([0.5, 0.8]), gamma=1.0)  # 1.3 from turn 0
     check_partial_returns(episode([0.5, 0.5]), gamma=1.0)
     assert math.isclose(sum(episode([0.5, 0.5]).rewards), 1.0)
+
+
+def named(episode_id, rewards, done=True):
+    """Episode `episode_id` with one agent turn per reward; truncated ones end with a final observation."""
+    turns = []
+    for r in rewards:
+        turns += [Turn("env", "o"), Turn("agent", "a", r)]
+    if not done:
+        turns.append(Turn("env", "final observation"))
+    return Episode(episode_id, tuple(turns), done)
+
+
+def slow_partial_returns(rewards, gamma):
+    """sum_{j>=k} gamma^(j-k) r_j for every agent turn k, written out."""
+    return [sum(gamma ** (j - k) * rewards[j] for j in range(k, len(rewards))) for k in range(len(rewards))]
+
+
+def test_episode_return_pays_truncated_episodes_nothing_and_ended_ones_their_normalised_return():
+    data = [named("lost", [-1, -1]), named("won", [0]), named("cut-low", [-1] * 5, done=False),
+            named("cut-high", [3], done=False)]
+    out, report = apply_reward_transform(data, "episode_return", gamma=0.9)
+    assert (report.low, report.high) == (-5, 3)  # bounds over every return the data reached
+    assert out[0].rewards == [0, pytest.approx(3 / 8)] and out[1].rewards == [pytest.approx(5 / 8)]
+    assert out[2].rewards == [0.0] * 5 and out[3].rewards == [0.0]  # the bootstrap stands for them
+    assert report.truncated_unpaid == 2 and "2 truncated episodes paid 0" in report.describe()
+    assert json.loads(json.dumps(report.to_dict()))["truncated_unpaid"] == 2
+    out, _ = apply_reward_transform(data, "episode_return:-6:4", gamma=0.9)  # declared bounds: same rule
+    assert out[0].rewards == [0, pytest.approx(0.4)] and out[3].rewards == [0.0]
+    out, report = apply_reward_transform(data, "episode_return", gamma=0.9, low=-4.0, high=0.0)  # stored bounds
+    assert (report.low, report.high) == (-4, 0) and out[0].rewards == [0, 0.5] and out[2].rewards == [0.0] * 5
+
+
+def test_episode_return_bounds_include_truncated_returns():
+    """Every ended episode succeeding (the chain oracle's data) must not collapse the range to one point."""
+    data = [named("won", [1]), named("won-too", [0, 1]), named("cut", [0, 0], done=False)]
+    out, report = apply_reward_transform(data, "episode_return", gamma=0.9)
+    assert (report.low, report.high) == (0, 1) and report.truncated_unpaid == 1
+    assert out[0].rewards == [1.0] and out[1].rewards == [0, 1.0] and out[2].rewards == [0, 0]
+
+
+def test_scale_divides_by_the_largest_discounted_partial_return():
+    gamma = 0.9
+    data = [named("two", [1, 1]), named("one", [0.5]), named("cut", [1, 0, 1], done=False)]
+    bound = max(p for ep in data for p in slow_partial_returns(ep.rewards, gamma))
+    assert bound == pytest.approx(1.9)  # "two" from turn 0, above any single reward
+    out, report = apply_reward_transform(data, "scale", gamma=gamma)
+    assert report.high == pytest.approx(bound, abs=1e-12)
+    partials = [p for ep in out for p in slow_partial_returns(ep.rewards, gamma)]
+    assert max(partials) == pytest.approx(1.0, abs=1e-12) and min(partials) >= 0
+    out, _ = apply_reward_transform(data, "scale:3.8", gamma=gamma)  # a larger RMAX is kept
+    assert max(p for ep in out for p in slow_partial_returns(ep.rewards, gamma)) == pytest.approx(0.5)
+
+
+def test_scale_with_too_small_rmax_names_episode_turn_and_bound():
+    data = [named("one", [0.5]), named("two", [1, 1])]
+    with pytest.raises(RewardRangeError, match=r"episode 'two', field 'agent turn 0.reward'.*RMAX 1.5.* 1\.9 "
+                                               r"\(gamma 0\.9\).*scale without an argument.*scale:1\.9"):
+        apply_reward_transform(data, "scale:1.5", gamma=0.9)
+    apply_reward_transform(data, "scale:1.9", gamma=0.9)  # exactly the bound is enough
+
+
+def test_partial_return_advice_depends_on_the_transform():
+    over = named("over", [0.5, 0.8])  # 1.3 from turn 0
+    messages = {}
+    for transform in (None, "none", "scale", "scale:2", "episode_return", "success"):
+        with pytest.raises(RewardRangeError, match=r"episode 'over'.*agent turn 0") as caught:
+            check_partial_returns(over, 1.0, transform)
+        messages[transform] = str(caught.value)
+    assert "pick --reward_transform scale, episode_return or success" in messages[None]
+    assert "'none' uses rewards as logged" in messages["none"]
+    assert "scale without an argument" in messages["scale"] and messages["scale:2"] == messages["scale"]
+    assert "qsft bug" in messages["episode_return"] and "qsft bug" in messages["success"]
+    assert len({messages[t] for t in (None, "none", "scale", "episode_return")}) == 4
+    with pytest.raises(RewardRangeError, match="'none' uses rewards as logged"):
+        apply_reward_transform([over], "none", gamma=1.0)

@@ -111,4 +111,4 @@ def test_context_never_drops_the_latest_turn_whole():
     # room for everything: BOS + all turns (EOT after the agent's utterance)
     assert context_ids(turns, encode, cfg(history_turns=2)) == [BOS, 33, EOT, 16, 17, 18, 19, 20, 21]
     # 64 - 1 - 60 = 3 tokens of room: older turns go, the latest observation keeps its last 3 tokens
-    assert context_ids(turns, encode, cfg(history_turns=2), reserve=60) == [BOS, 19, 20, 21]
+    assert context_ids(turns, encode, cfg(history_turns=2, reserve=60)) == [BOS, 19, 20, 21]

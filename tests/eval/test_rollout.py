@@ -72,9 +72,9 @@ def test_prompts_use_the_training_layout(maze_bc_run):
     [result] = rollout(policy, maze_env, 1, seed=0, batch_size=1, greedy=True, max_new_tokens=6)
     tokenizer = policy.tokenizer
     layout = TokenMDPConfig(1.0, policy.run_info.max_length, tokenizer.bos_token_id, tokenizer.eos_token_id,
-                            history_turns=1)
+                            history_turns=1, reserve=policy.run_info.reply_tokens)
     turns = [Turn(t["role"], t["text"], t.get("reward", 0.0)) for t in result.transcript]
-    expected = [context_ids(turns[:k], SegmentEncoder(tokenizer), layout, reserve=6)
+    expected = [context_ids(turns[:k], SegmentEncoder(tokenizer), layout)
                 for k in range(1, len(turns), 2)]
     assert seen == expected
     assert policy.run_info.history_turns == 1 and len(seen) == result.turns

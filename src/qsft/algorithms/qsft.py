@@ -81,14 +81,17 @@ def max_ratio_dense(
     chunk_size: int = 4096,
     operator: str = "max",
     expectile: float = 0.9,
+    allowed: torch.Tensor | None = None,  # [..., V] bool: a further restriction of the support (data support)
 ) -> torch.Tensor:  # [...]
     """V(s') from dense logits: by default max_{a : pi_beta(a|s) > threshold} p_target(a|s) / pi_beta(a|s).
 
-    Log space, chunked over rows; `operator`/`expectile` choose the bootstrap (see `support_value`).
+    Log space, chunked over rows; `operator`/`expectile` choose the bootstrap (see `support_value`);
+    `allowed` (if given) removes further tokens from each row's support (`qsft.data.support`).
     """
     shape, vocab = target_logits.shape[:-1], target_logits.shape[-1]
     target_rows = target_logits.reshape(-1, vocab)
     behavior_rows = behavior_logits.reshape(-1, behavior_logits.shape[-1])[:, :vocab]
+    allowed_rows = None if allowed is None else allowed.reshape(-1, allowed.shape[-1])[:, :vocab]
     log_threshold = torch.log(torch.tensor(support_threshold, dtype=torch.float32))
     out = torch.empty(target_rows.shape[0], dtype=torch.float32, device=target_logits.device)
     for start in range(0, target_rows.shape[0], chunk_size):
@@ -98,6 +101,8 @@ def max_ratio_dense(
         outside = beh <= log_threshold
         if exclude_token_id is not None:
             outside[:, exclude_token_id] = True
+        if allowed_rows is not None:
+            outside |= ~allowed_rows[start:start + chunk_size].to(outside.device)
         ratio.masked_fill_(outside, NEG_INF)
         if operator != "max":  # compress to the support (|S| < 1 / threshold) before the expectile
             width = max(1, int((~outside).sum(-1).max()))

@@ -20,7 +20,7 @@ class BehaviorRows:
     """One sample's rows of the behavior cache (`qsft.models.behavior_cache`): sparse pi_beta at its next states."""
 
     state_index: torch.Tensor  # [S] long, logits positions (sorted), then EXTERNAL_NEXT_STATE if any
-    support_ids: torch.Tensor  # [S, W] long
+    support_ids: torch.Tensor  # [S, W] long, each state's whole support; W = the widest (>= 1), padding ids 0
     support_logprobs: torch.Tensor  # [S, W] float32, -inf padding
     action_logprobs: torch.Tensor  # [T] float32, log pi_beta(x_t | x_<t)
 
@@ -90,7 +90,10 @@ class TokenMDPCollator:
 
 
 def _behavior_batch(rows: list[BehaviorRows], length: int) -> dict[str, torch.Tensor]:
-    """Cached pi_beta as padded tensors: in-sequence states [B, S(, W)] (index -1 = padding), external [B, W]."""
+    """Cached pi_beta as padded tensors: in-sequence states [B, S(, W)] (index -1 = padding), external [B, W].
+
+    W is the widest support in the batch (each below 1 / support_threshold), so memory follows the data.
+    """
     width = max(r.support_ids.shape[1] for r in rows)
     inside = [r.state_index >= 0 for r in rows]
     states = max(int(m.sum()) for m in inside)

@@ -24,7 +24,7 @@ placeholders it holds (`images`, `next_images`, in order), which the collator tu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qsft.data.episode import Episode, Turn
 from qsft.errors import ConfigError, EpisodeFormatError, SequenceTooLongError
@@ -42,12 +42,17 @@ class TokenMDPConfig:
     eot_token_id: int
     truncation: str = "left"
     history_turns: int | None = None
+    # tokens kept free after every state's context for the agent's reply (end-of-turn included), in
+    # training, bootstrapping and decoding alike; None: the longest agent turn of the data tokenized
+    reserve: int | None = None
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION_MODES:
             raise ConfigError(f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")
         if self.history_turns is not None and self.history_turns < 0:
             raise ConfigError(f"history_turns must be >= 0 or None, got {self.history_turns}")
+        if self.reserve is not None and self.reserve < 1:
+            raise ConfigError(f"reserve (reply tokens) must be >= 1, got {self.reserve}")
 
 
 @dataclass
@@ -116,6 +121,8 @@ def tokenize_episode(episode: Episode, encode: SegmentEncoder, cfg: TokenMDPConf
             agent_number += 1
         else:
             segments.append(("env", ids, 0.0, -1))
+    if cfg.reserve is None:
+        cfg = replace(cfg, reserve=max((len(seg[1]) for seg in segments if seg[0] == "agent"), default=1))
     if cfg.history_turns is None:
         samples = [_full_sequence(episode, segments, cfg)]
     else:
@@ -197,7 +204,11 @@ def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> 
     samples = []
     for n, k in enumerate(agent_positions):
         _, ids, reward, number = segments[k]
-        context = _context_ids(segments, k, cfg, episode.id, reserve=len(ids))
+        if len(ids) > cfg.reserve:
+            raise SequenceTooLongError(f"agent turn {number} has {len(ids)} tokens (end-of-turn included), more than "
+                                       f"the {cfg.reserve} reserved for a reply; raise reply_tokens",
+                                       episode_id=episode.id)
+        context = state_context(segments, k, cfg, episode.id)
         sample = _empty_sample(episode.id)
         _append(sample, context, trained=False)
         start = len(sample.input_ids)
@@ -211,7 +222,7 @@ def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> 
         sample.reward[last] = reward
         if n + 1 < len(agent_positions) or not episode.done:
             next_k = agent_positions[n + 1] if n + 1 < len(agent_positions) else len(segments)
-            sample.next_input_ids = _context_ids(segments, next_k, cfg, episode.id, reserve=1)
+            sample.next_input_ids = state_context(segments, next_k, cfg, episode.id)
             sample.next_state_index[last] = EXTERNAL_NEXT_STATE
             sample.discount[last] = cfg.gamma
         else:
@@ -220,13 +231,18 @@ def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> 
     return samples
 
 
-def _context_ids(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str, reserve: int) -> list[int]:
-    """BOS + the `history_turns` segments before index k, cut from the left to leave `reserve` tokens."""
+def state_context(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str) -> list[int]:
+    """The state before segment k: BOS + the `history_turns` segments before it, cut from the left so that
+    `cfg.reserve` tokens stay free for the reply.
+
+    The one place a state's context is built: training samples, bootstrap states (`next_input_ids`) and
+    decoding prompts (`context_ids`) all call it with the same `cfg`, so one state is one token sequence.
+    """
     window = segments[max(0, k - cfg.history_turns):k] if cfg.history_turns is not None else segments[:k]
-    budget = cfg.max_length - 1 - reserve
+    budget = cfg.max_length - 1 - (cfg.reserve or 0)
     if budget < 0:
-        raise SequenceTooLongError(f"an agent turn alone has {reserve} tokens, over max_length {cfg.max_length}",
-                                   episode_id=episode_id)
+        raise SequenceTooLongError(f"max_length {cfg.max_length} leaves no room for a context after reserving "
+                                   f"{cfg.reserve} reply tokens", episode_id=episode_id)
     while window and sum(len(s[1]) for s in window) > budget:
         if cfg.truncation == "error":
             raise SequenceTooLongError(f"the context before turn {k} exceeds max_length {cfg.max_length}",
@@ -239,16 +255,14 @@ def _context_ids(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str, r
     return [cfg.bos_token_id] + [i for seg in window for i in seg[1]]
 
 
-def context_ids(turns: list[Turn], encode: SegmentEncoder, cfg: TokenMDPConfig, reserve: int = 0) -> list[int]:
-    """The state the agent acts from after `turns`: exactly how training sequences encode contexts.
-
-    Used by decoding so that rollouts see the same token layout (BOS, segments, EOT after each
-    agent utterance, `history_turns` window, left truncation keeping `reserve` tokens free).
+def context_ids(turns: list[Turn], encode: SegmentEncoder, cfg: TokenMDPConfig) -> list[int]:
+    """The state the agent acts from after `turns`: `state_context` of the same segments training builds
+    (BOS, segments, EOT after each agent utterance, `history_turns` window, left truncation keeping
+    `cfg.reserve` tokens free). Used by decoding, so rollouts see exactly the trained contexts.
     """
     segments = [(t.role, encode.turn(t, "rollout") + ([cfg.eot_token_id] if t.role == "agent" else []))
                 for t in turns]
-    cut = TokenMDPConfig(cfg.gamma, cfg.max_length, cfg.bos_token_id, cfg.eot_token_id, "left", cfg.history_turns)
-    return _context_ids(segments, len(segments), cut, "rollout", reserve)
+    return state_context(segments, len(segments), replace(cfg, truncation="left"), "rollout")
 
 
 def context_images(turns: list[Turn], ids: list[int], encode: SegmentEncoder) -> list:
@@ -268,7 +282,15 @@ def _append(sample: TokenizedEpisode, ids: list[int], trained: bool) -> None:
     sample.next_state_index.extend([TERMINAL] * len(ids))
 
 
+def longest_reply(episodes: list[Episode], encode: SegmentEncoder) -> int:
+    """Tokens of the longest agent turn in `episodes`, end-of-turn token included (the default `reserve`)."""
+    return max((len(encode.turn(t, ep.id)) + 1 for ep in episodes for t in ep.agent_turns), default=1)
+
+
 def tokenize_episodes(episodes: list[Episode], tokenizer, cfg: TokenMDPConfig,
                       vision=None) -> list[TokenizedEpisode]:
+    """Every episode's training sequences; a `reserve` of None becomes the data's `longest_reply`."""
     encode = SegmentEncoder(tokenizer, vision)
+    if cfg.reserve is None:
+        cfg = replace(cfg, reserve=longest_reply(episodes, encode))
     return [sample for ep in episodes for sample in tokenize_episode(ep, encode, cfg)]

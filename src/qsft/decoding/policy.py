@@ -53,7 +53,8 @@ class Policy:
     def token_mdp_config(self) -> TokenMDPConfig:
         """The layout training used (gamma only matters for targets, not for contexts)."""
         return TokenMDPConfig(self.run_info.gamma or 1.0, self.run_info.max_length, bos_token_id(self.tokenizer),
-                              self.eot_token_id, history_turns=self.run_info.history_turns)
+                              self.eot_token_id, history_turns=self.run_info.history_turns,
+                              reserve=self.run_info.reply_tokens)
 
     def describe(self) -> dict:
         return {"run": str(self.run_dir), "algo": self.run_info.algo, "mode": self.mode, "beta": self.beta,

@@ -113,6 +113,8 @@ def rollout(policy: Policy, make_env: Callable[[], TextEnv], episodes: int, seed
     vision = policy_vision(policy)
     encode = policy.encoder() if vision is None else SegmentEncoder(policy.tokenizer, vision)
     layout = policy.token_mdp_config()
+    if layout.reserve is None:  # a run from before reply_tokens was recorded: reserve the generation budget
+        layout = replace(layout, reserve=budget)
     tokenizer = policy.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else policy.eot_token_id
     envs: list[TextEnv] = []
@@ -127,7 +129,7 @@ def rollout(policy: Policy, make_env: Callable[[], TextEnv], episodes: int, seed
             slot.start(index, seed, greedy)
         next_index = len(slots)
         while slots:
-            prompts = [context_ids(slot.turns, encode, layout, reserve=budget) for slot in slots]
+            prompts = [context_ids(slot.turns, encode, layout) for slot in slots]
             generators = None if greedy else [slot.generator for slot in slots]
             pixel_values = None
             if vision is not None:

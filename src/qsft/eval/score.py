@@ -67,7 +67,8 @@ class Critic:
         self.behavior_model = behavior_model.to(device).eval()
         self.device = device
         self.layout = TokenMDPConfig(self.info.gamma or 1.0, self.info.max_length, bos_token_id(self.tokenizer),
-                                     self.tokenizer.eos_token_id, history_turns=self.info.history_turns)
+                                     self.tokenizer.eos_token_id, history_turns=self.info.history_turns,
+                                     reserve=self.info.reply_tokens)
         self.collate = TokenMDPCollator(self.tokenizer.pad_token_id, bos_token_id(self.tokenizer))
 
     @torch.no_grad()

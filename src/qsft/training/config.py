@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 
 from qsft.algorithms.qsft import BOOTSTRAP_OPERATORS, LOSS_VARIANTS
 from qsft.data.rewards import parse_spec
+from qsft.data.support import SUPPORT_MODES
 from qsft.data.tokenize import TRUNCATION_MODES
 from qsft.errors import ConfigError
 
@@ -31,6 +32,9 @@ class OfflineRLConfig(TrainingArguments):
         default="tensorboard", metadata={"help": "Loggers: tensorboard (logs under OUT/runs), wandb, all, none."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every token-MDP field (leave False)."})
     max_length: int = field(default=512, metadata={"help": "Longest token sequence; see truncation."})
+    reply_tokens: int | None = field(default=None, metadata={
+        "help": "Tokens kept free after every state's context for the agent's reply (end-of-turn included), in "
+                "training, bootstrapping and decoding alike; default: the data's longest agent turn."})
     truncation: str = field(default="left", metadata={
         "help": "Episodes over max_length: 'left' drops whole leading turns, 'error' rejects them."})
     history_turns: int | None = field(default=None, metadata={
@@ -48,6 +52,8 @@ class OfflineRLConfig(TrainingArguments):
             raise ConfigError(f"max_length must be at least 4, got {self.max_length}")
         if self.history_turns is not None and self.history_turns < 0:
             raise ConfigError(f"history_turns must be >= 0, got {self.history_turns}")
+        if self.reply_tokens is not None and not 1 <= self.reply_tokens < self.max_length:
+            raise ConfigError(f"reply_tokens must be in [1, max_length), got {self.reply_tokens}")
         super().__post_init__()
 
 
@@ -97,13 +103,17 @@ class QSFTConfig(BootstrappedConfig):
                 "Polyak updates round stochastically so that small steps are not lost). Full fine-tuning only."})
     support_threshold: float = field(default=1e-4, metadata={
         "help": "Actions with pi_beta <= threshold are left out of the max in the Bellman target."})
+    support: str = field(default="data", metadata={
+        "help": "Support of the bootstrap: 'data' (default: pi_beta > threshold AND the data shows that agent token "
+                "after the state's last token; qsft.data.support) or 'behavior' (pi_beta > threshold alone, the paper)."})
     bootstrap: str = field(default="max", metadata={
         "help": "V(s') in the Bellman target: 'max' of p_target/pi_beta over the support (paper) or its "
                 "'expectile' under pi_beta (in-support soft max; see --expectile)."})
     expectile: float = field(default=0.9, metadata={
         "help": "With --bootstrap expectile: tau in (0, 1]; 1 is the max, 0.5 the behavior's mean (SARSA)."})
     loss_variant: str | None = field(default=None, metadata={
-        "help": "'uniform' (paper Eq. 3) or 'dummy'; default: dummy for tiny models, uniform otherwise."})
+        "help": "'dummy' (default: a reserved token takes 1 - y; unbiased) or 'uniform' (paper Eq. 3; biased upward "
+                "by up to (1 - E[Q]) / ((V - 1) support_threshold), see docs/algorithm.md)."})
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
     behavior: str | None = field(default=None, metadata={
         "help": "Behavior model: a trained model dir (frozen), 'cotrain', or empty to train it first by SFT."})
@@ -122,9 +132,6 @@ class QSFTConfig(BootstrappedConfig):
     behavior_cache: bool | None = field(default=None, metadata={
         "help": "Compute pi_beta at every next state once (OUT/behavior_cache.safetensors) instead of a behavior "
                 "forward pass per step; default: on for a frozen full-weight behavior model, off otherwise."})
-    behavior_cache_k: int = field(default=128, metadata={
-        "help": "Behavior cache: support actions stored per state (exact when the support fits; larger supports "
-                "keep their k most likely actions, counted in the log)."})
 
     def __post_init__(self) -> None:
         if self.target_update not in ("polyak", "hard"):
@@ -135,6 +142,8 @@ class QSFTConfig(BootstrappedConfig):
             raise ConfigError(f"target_dtype must be 'float32' or 'bfloat16', got {self.target_dtype!r}")
         if not 0 <= self.support_threshold < 1:
             raise ConfigError(f"support_threshold must be in [0, 1), got {self.support_threshold}")
+        if self.support not in SUPPORT_MODES:
+            raise ConfigError(f"support must be one of {SUPPORT_MODES}, got {self.support!r}")
         if self.bootstrap not in BOOTSTRAP_OPERATORS:
             raise ConfigError(f"bootstrap must be one of {BOOTSTRAP_OPERATORS}, got {self.bootstrap!r}")
         if not 0 < self.expectile <= 1:
@@ -151,8 +160,6 @@ class QSFTConfig(BootstrappedConfig):
         if self.behavior_cache and (self.lora or self.behavior == "cotrain"):
             raise ConfigError("behavior_cache needs a frozen full-weight behavior model: not with lora or "
                               "behavior 'cotrain'")
-        if self.behavior_cache_k < 1:
-            raise ConfigError(f"behavior_cache_k must be >= 1, got {self.behavior_cache_k}")
         if self.lora_r < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if not 0 <= self.lora_dropout < 1:

@@ -7,7 +7,7 @@ import math
 from qsft.data.collate import TokenMDPDataset
 from qsft.data.episode import Episode
 from qsft.data.rewards import RewardReport, apply_reward_transform
-from qsft.data.tokenize import TokenMDPConfig, tokenize_episodes
+from qsft.data.tokenize import SegmentEncoder, TokenMDPConfig, longest_reply, tokenize_episodes
 from qsft.errors import ConfigError
 from qsft.models.loading import bos_token_id
 
@@ -15,7 +15,14 @@ from qsft.models.loading import bos_token_id
 def token_mdp_config(tokenizer, config, gamma: float = 1.0) -> TokenMDPConfig:
     return TokenMDPConfig(gamma=gamma, max_length=config.max_length, bos_token_id=bos_token_id(tokenizer),
                           eot_token_id=tokenizer.eos_token_id, truncation=config.truncation,
-                          history_turns=config.history_turns)
+                          history_turns=config.history_turns, reserve=config.reply_tokens)
+
+
+def resolve_reply_tokens(episodes: list[Episode], tokenizer, config, vision=None) -> int:
+    """`config.reply_tokens`, set to the data's longest agent turn when unset (recorded with the run)."""
+    if config.reply_tokens is None:
+        config.reply_tokens = longest_reply(episodes, SegmentEncoder(tokenizer, vision))
+    return config.reply_tokens
 
 
 def select_top_episodes(episodes: list[Episode], top: float) -> list[Episode]:
@@ -28,6 +35,7 @@ def select_top_episodes(episodes: list[Episode], top: float) -> list[Episode]:
 
 def sft_dataset(episodes: list[Episode], tokenizer, config, vision=None) -> TokenMDPDataset:
     """`vision`: a VLM's `qsft.data.images.VisionInputs` (image placeholders in the tokens), else None."""
+    resolve_reply_tokens(episodes, tokenizer, config, vision)
     return TokenMDPDataset(tokenize_episodes(episodes, tokenizer, token_mdp_config(tokenizer, config), vision))
 
 
@@ -35,6 +43,7 @@ def qsft_dataset(episodes: list[Episode], tokenizer, config, dummy_token_id: int
                  reward_bounds: tuple[float | None, float | None] = (None, None), vision=None,
                  ) -> tuple[TokenMDPDataset, RewardReport]:
     transformed, report = apply_reward_transform(episodes, config.reward_transform, config.gamma, *reward_bounds)
+    resolve_reply_tokens(episodes, tokenizer, config, vision)
     samples = tokenize_episodes(transformed, tokenizer, token_mdp_config(tokenizer, config, config.gamma), vision)
     if dummy_token_id is not None:
         for sample in samples:

@@ -24,6 +24,7 @@ from qsft.algorithms.qsft import (
     max_ratio_sparse,
     qsft_loss_from_values,
 )
+from qsft.data.support import DataSupport
 from qsft.errors import ConfigError
 from qsft.models.behavior_cache import BehaviorCachedDataset, BehaviorCacheError, logits_at
 from qsft.models.lora import (
@@ -67,7 +68,7 @@ class TargetUpdateCallback(TrainerCallback):
 
 class QSFTTrainer(OfflineRLTrainer):
     def __init__(self, model, behavior_model, args, train_dataset, processing_class,
-                 dummy_token_id: int | None = None, **kwargs) -> None:
+                 dummy_token_id: int | None = None, data_support: DataSupport | None = None, **kwargs) -> None:
         self.cotrain = args.behavior == "cotrain"
         self.lora = behavior_model is None
         if self.lora and not is_lora_model(model):
@@ -77,6 +78,7 @@ class QSFTTrainer(OfflineRLTrainer):
         super().__init__(model, args, train_dataset, processing_class, **kwargs)
         self.loss_variant = args.loss_variant or "uniform"
         self.dummy_token_id = dummy_token_id
+        self.data_support = data_support  # `--support data`: the agent tokens the data shows after each token
         if self.lora:
             self.behavior_model = AdapterView(model, BEHAVIOR_ADAPTER)
             self.target_model = AdapterView(model, TARGET_ADAPTER)
@@ -165,7 +167,7 @@ class QSFTTrainer(OfflineRLTrainer):
                 raise BehaviorCacheError("a next state of this batch is missing from the behavior cache")
             target = logits_at(self.target_model, ids, attention, keep, target_pixels)  # [N, V], N = states
             valid = index >= 0
-            support_ids = inputs["behavior_support_ids"][valid]  # [N, W], same row-major order as keep
+            support_ids = inputs["behavior_support_ids"][valid]  # [N, W] whole supports, row-major as keep
             support_logprobs = inputs["behavior_support_logprobs"][valid]
             rows_b, rows_p = keep.nonzero(as_tuple=True)
             for c in range(0, target.shape[0], ROW_CHUNK):  # chunks bound the [rows, V] log-softmax
@@ -182,8 +184,9 @@ class QSFTTrainer(OfflineRLTrainer):
                 behavior = behavior_live.detach()[keep]
             else:
                 behavior = logits_at(self.behavior_model, ids, attention, keep, pixels)
+            allowed = None if self.data_support is None else self.data_support.allowed(ids[states], target.shape[-1])
             values[states] = max_ratio_dense(target, behavior[states[keep]], threshold, exclude,
-                                             chunk_size=ROW_CHUNK, **operator)
+                                             chunk_size=ROW_CHUNK, allowed=allowed, **operator)
             rows_b, rows_p = keep.nonzero(as_tuple=True)
             taken = rows_p + 1 < ids.shape[1]  # the log-prob of the token each row predicts
             next_token = ids[rows_b[taken], rows_p[taken] + 1]
@@ -203,7 +206,10 @@ class QSFTTrainer(OfflineRLTrainer):
                                             inputs["behavior_next_support_logprobs"], **operator)
             else:
                 next_behavior = logits_at(self.behavior_model, nxt, nxt_mask, last, next_pixels)
-                external = max_ratio_dense(next_target, next_behavior, threshold, exclude, **operator)
+                allowed = None if self.data_support is None else self.data_support.allowed(nxt[last],
+                                                                                           next_target.shape[-1])
+                external = max_ratio_dense(next_target, next_behavior, threshold, exclude, allowed=allowed,
+                                           **operator)
         return values, external, behavior_logprobs
 
     # --- the target (and a co-trained behavior) model travel inside every checkpoint ---

@@ -38,6 +38,7 @@ from qsft.data.episode import Episode
 from qsft.data.images import VisionInputs, has_images, load_image
 from qsft.data.io import load_episodes
 from qsft.data.rewards import apply_reward_transform
+from qsft.data.support import DataSupport
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer
 from qsft.errors import ConfigError
 from qsft.io import atomic_write_json
@@ -94,6 +95,7 @@ class RunInfo:
     reward: dict[str, Any] | None = None
     history_turns: int | None = None
     max_length: int = 512
+    reply_tokens: int | None = None  # tokens reserved after each state's context (None: a run from before it)
     data: str | None = None
     env: str | None = None
     data_stats: dict[str, Any] | None = None
@@ -236,13 +238,30 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
             _train_qsft_lora(model, episodes, config, overrides, out, info)
         else:
             _train_qsft(model, episodes, config, overrides, out, info)
+    info.reply_tokens = config.reply_tokens
     if config.should_save:
         info.save(out)
     return out
 
 
-def _loss_variant(config, model: str) -> str:
-    config.loss_variant = config.loss_variant or ("dummy" if model == "tiny" else "uniform")
+UNIFORM_BIAS_WARNING = 0.01  # warn when the uniform variant's bootstrap inflation can exceed this
+
+
+def _loss_variant(config, vocab_size: int) -> str:
+    """The dummy variant unless asked otherwise (unbiased at every vocabulary size; docs/algorithm.md §4).
+
+    The uniform variant (paper Eq. 3) spreads (1 - y) over all V - 1 other tokens, so a support token
+    with pi_beta near the threshold reads p/pi_beta inflated by up to (1 - E[Q]) / ((V - 1) threshold):
+    0.20 at V = 50,257 and threshold 1e-4, compounding token by token inside an utterance.
+    """
+    config.loss_variant = config.loss_variant or "dummy"
+    if config.loss_variant == "uniform" and config.support_threshold > 0:
+        bound = 1.0 / ((vocab_size - 1) * config.support_threshold)
+        if bound > UNIFORM_BIAS_WARNING:
+            warnings.warn(f"loss_variant 'uniform' with a {vocab_size}-token vocabulary and support_threshold "
+                          f"{config.support_threshold:g}: a support token near the threshold reads Q inflated by up "
+                          f"to {bound:.2f} (more over a multi-token utterance); the default 'dummy' variant has no "
+                          "such bias (docs/algorithm.md)", stacklevel=3)
     return config.loss_variant
 
 
@@ -262,7 +281,8 @@ def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides,
         _train_sft(base, tokenizer, episodes, bc_config, behavior_dir, vision)
         if config.should_save:
             RunInfo(algo="bc", history_turns=config.history_turns, max_length=config.max_length,
-                    data=info.data, env=info.env, data_stats=info.data_stats).save(behavior_dir)
+                    reply_tokens=bc_config.reply_tokens, data=info.data, env=info.env,
+                    data_stats=info.data_stats).save(behavior_dir)
     _wait_for_everyone()  # the other processes read what the main process just wrote
     info.behavior_model = "behavior"
     return behavior_dir
@@ -288,16 +308,17 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
                                                   out, info, vision))
     q_model = copy.deepcopy(behavior) if config.q_init == "behavior" else base
 
-    variant = _loss_variant(config, model)
+    variant = _loss_variant(config, len(tokenizer))
     dummy_id = None
     if variant == "dummy":
         dummy_id = ensure_dummy_token(tokenizer, q_model, config.dummy_token)
         resize_embeddings(behavior, len(tokenizer))
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, vision=vision)
+    support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
     if config.behavior_cache if config.behavior_cache is not None else (config.behavior != "cotrain" and not vision):
-        dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info)
+        dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info, support)
     trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id,
-                          data_collator=_collator(tokenizer, vision))
+                          data_support=support, data_collator=_collator(tokenizer, vision))
     del behavior  # the trainer holds it, unless the behavior cache made it unnecessary: then it is freed
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     trainer.save_model(str(out))  # main process only, tokenizer included
@@ -309,33 +330,29 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
     _record_qsft(info, config, variant, dummy_id, report)
 
 
-def _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id: int | None, out: Path, info: RunInfo):
+def _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id: int | None, out: Path, info: RunInfo,
+                         support: DataSupport | None = None):
     """The dataset with pi_beta precomputed at its next states (OUT/behavior_cache.safetensors; docs/performance.md).
 
-    Built once by the main process and reused while the behavior model, data, threshold and k are
+    Built once by the main process and reused while the behavior model, data and threshold are
     unchanged (a resumed run skips it); the other processes wait and read the same file.
     """
     path = out / CACHE_FILE
     behavior.to(config.device)
     if config.should_save:
-        cache, _ = behavior_cache_for(path, behavior, dataset.samples, config.support_threshold,
-                                      config.behavior_cache_k, dummy_id, pad_token_id=tokenizer.pad_token_id)
+        cache, _ = behavior_cache_for(path, behavior, dataset.samples, config.support_threshold, dummy_id,
+                                      pad_token_id=tokenizer.pad_token_id, data_support=support)
     _wait_for_everyone()
     if not config.should_save:
         cache = load_behavior_cache(path)
-    stats = cache.stats()
-    info.extra["behavior_cache"] = stats
-    if stats["overflow_states"]:
-        warnings.warn(f"behavior cache: {stats['overflow_states']} of {stats['states']} states "
-                      f"({stats['overflow_fraction']:.2%}) have more than {cache.k} support actions above "
-                      f"support_threshold (largest: {stats['max_support_size']}); their target max runs over the "
-                      f"{cache.k} most likely ones. Raise behavior_cache_k for exact targets.", stacklevel=2)
+    info.extra["behavior_cache"] = cache.stats()
     return BehaviorCachedDataset(dataset.samples, cache)
 
 
 def _record_qsft(info: RunInfo, config, variant: str, dummy_id: int | None, report) -> None:
     info.loss_variant, info.dummy_token, info.dummy_token_id = variant, config.dummy_token, dummy_id
     info.gamma, info.support_threshold, info.reward = config.gamma, config.support_threshold, report.to_dict()
+    info.extra.update(support=config.support, bootstrap=config.bootstrap)
 
 
 def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: str):
@@ -365,11 +382,13 @@ def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: 
 
 def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo) -> None:
     """Q-SFT with one frozen base and three LoRA adapters: behavior (SFT first), q_model, target."""
-    variant = _loss_variant(config, model)
+    config.loss_variant = config.loss_variant or "dummy"
+    variant = config.loss_variant
     if config.behavior and model == "tiny":
         raise ConfigError("with lora and --behavior ADAPTER_DIR, --model must be the base the adapter was "
                           "trained on (a LoRA run's OUT/base), not 'tiny'")
     base, tokenizer, info.base_model = _lora_base(model, episodes, config, out, variant)
+    _loss_variant(config, len(tokenizer))  # warns about the uniform variant's bias at this vocabulary size
     if config.behavior:  # a behavior adapter trained before on this base
         peft_model = load_behavior_adapter(base, config.behavior)
         info.behavior_model = str(Path(config.behavior).resolve())
@@ -385,7 +404,8 @@ def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out
     info.lora = True
 
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id)
-    trainer = QSFTTrainer(peft_model, None, config, dataset, tokenizer, dummy_token_id=dummy_id)
+    support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
+    trainer = QSFTTrainer(peft_model, None, config, dataset, tokenizer, dummy_token_id=dummy_id, data_support=support)
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     if config.should_save:
         save_adapter(peft_model, Q_ADAPTER, out)

@@ -1,0 +1,79 @@
+"""Q* through the CLI on a GPT-2-shaped model with a real-size (50,257-token) vocabulary and two-token actions.
+
+A user's path: a saved Hugging Face model dir (built here from a config, nothing downloaded), `qsft train
+--algo bc`, then `qsft train --algo qsft --behavior BC`, then `qsft score`. The loss variant, support
+threshold, support and bootstrap operator stay at their defaults; the flags only size the run for a unit
+test (batch, steps, learning rate, Polyak rate). Every turn's score must be within 0.05 of Q*.
+
+Before the dummy variant became the default, the same run scored every state-action about 0.95 (Q* runs
+from 0.66 to 1.0): the uniform variant's spread mass inflates p/pi_beta on rare support tokens at V = 50k.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from qsft.cli import main
+from qsft.data.episode import Episode, Turn
+from qsft.data.io import save_episodes
+from tests.oracle_chain import GAMMA, chain_transitions, q_star
+
+VOCAB = 50_257
+UTTERANCE = {"L": "step left", "R": "step right"}
+
+
+def save_gpt2_shaped_model(folder) -> None:
+    """A 2-layer GPT-2 with a 50,257-token word-level vocabulary (chain words + filler), saved like any HF model."""
+    words = ["<|endoftext|>", "<|pad|>", "p0", "p1", "p2", "p3", "p4", "step", "left", "right"]
+    vocab = {w: i for i, w in enumerate(words)}
+    vocab.update({f"tok{i}": len(words) + i for i in range(VOCAB - len(words))})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>", pad_token="<|pad|>")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_layer=2, n_embd=64, n_head=2, bos_token_id=0,
+                        eos_token_id=0, pad_token_id=1)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def two_token_chain() -> list[Episode]:
+    """Every chain transition, twice, with the actions spelled as two tokens."""
+    return [Episode(ep.id, tuple(Turn(t.role, UTTERANCE.get(t.text, t.text) if t.role == "agent" else t.text,
+                                      t.reward) for t in ep.turns), ep.done, ep.meta)
+            for ep in chain_transitions(copies=2)]
+
+
+def test_cli_score_matches_q_star_with_a_50k_vocabulary(tmp_path):
+    model, data = tmp_path / "gpt2-50k", tmp_path / "chain.jsonl"
+    save_gpt2_shaped_model(model)
+    episodes = two_token_chain()
+    save_episodes(data, episodes)
+    common = ["--data", str(data), "--model", str(model), "--history_turns", "1", "--max_length", "16",
+              "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--seed", "0",
+              "--save_strategy", "no", "--logging_steps", "100", "--report_to", "none", "--disable_tqdm", "true",
+              "--use_cpu", "true"]
+    assert main(["train", "--algo", "bc", "--out", str(tmp_path / "bc"), "--max_steps", "150", *common]) == 0
+    assert main(["train", "--algo", "qsft", "--out", str(tmp_path / "qsft"), "--behavior", str(tmp_path / "bc"),
+                 "--gamma", str(GAMMA), "--max_steps", "500", "--tau", "0.05", *common]) == 0
+    info = json.loads((tmp_path / "qsft" / "qsft.json").read_text())
+    assert info["loss_variant"] == "dummy" and info["support_threshold"] == 1e-4  # the defaults were used
+    scores = tmp_path / "scores.jsonl"
+    assert main(["score", "--run", str(tmp_path / "qsft"), "--data", str(data), "--out", str(scores)]) == 0
+
+    truth = q_star(GAMMA)
+    action = {text: key for key, text in UTTERANCE.items()}
+    errors = {}
+    for line in scores.read_text().splitlines():
+        turn = json.loads(line)
+        state = int(next(ep for ep in episodes if ep.id == turn["episode_id"]).turns[0].text[1:])
+        assert turn["tokens"][:2] == turn["text"].split()  # two decisions per action, then the end of turn
+        errors[(state, turn["text"])] = turn["q"] - truth[(state, action[turn["text"]])]
+    assert len(errors) == 8
+    assert max(abs(e) for e in errors.values()) < 0.05, errors
