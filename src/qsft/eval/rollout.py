@@ -135,8 +135,10 @@ def rollout(policy: Policy, make_env: Callable[[], TextEnv], episodes: int, seed
             if vision is not None:
                 pixel_values = vision.pixel_values([image for slot, prompt in zip(slots, prompts)
                                                     for image in context_images(slot.turns, prompt, encode)])
-            utterances = generate_utterances(policy.models, prompts, policy.eot_token_id, pad_id, budget, greedy,
-                                             generators, policy.device, pixel_values,
+            # the prompt is the trained state (reply_tokens kept free); the reply may use the rest of max_length
+            room = max(layout.reserve, layout.max_length - max(len(p) for p in prompts))
+            utterances = generate_utterances(policy.models, prompts, policy.eot_token_id, pad_id, min(budget, room),
+                                             greedy, generators, policy.device, pixel_values,
                                              suppress_token_ids=[vision.image_token_id] if vision else None)
             still_running = []
             for slot, ids in zip(slots, utterances):
