@@ -82,7 +82,7 @@ def test_trainer_with_a_bf16_target_matches_float32_targets_and_trains(tmp_path)
         config = QSFTConfig(output_dir=str(tmp_path / dtype), report_to="none", use_cpu=True, max_length=48,
                             reward_transform="success", gamma=0.9, support_threshold=0.05, max_steps=3,
                             per_device_train_batch_size=4, save_strategy="no", target_dtype=dtype, tau=0.5,
-                            learning_rate=1e-2)
+                            learning_rate=1e-2, loss_variant="uniform")
         dataset, _ = qsft_dataset(episodes, tokenizer, config, None)
         trainers[dtype] = QSFTTrainer(build_tiny_model(tokenizer, "micro", 64, seed=0),
                                       build_tiny_model(tokenizer, "micro", 64, seed=1), config, dataset, tokenizer)

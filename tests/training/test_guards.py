@@ -33,3 +33,21 @@ def test_diverging_run_stops_with_a_message_and_writes_no_weights(tmp_path):
                "disable_tqdm": True, "lr_scheduler_type": "constant", "warmup_steps": 0})
     assert "learning rate" in str(err.value)
     assert not (out / "model.safetensors").exists() and not (out / "qsft.json").exists()
+
+
+def test_dummy_variant_default_needs_its_token(tmp_path):
+    """The default variant is 'dummy' everywhere: a trainer built without the reserved token says so at once."""
+    from qsft.data.tiny_tokenizer import build_tiny_tokenizer
+    from qsft.models.loading import build_tiny_model
+    from qsft.training.data import qsft_dataset
+    from qsft.training.qsft_trainer import QSFTTrainer
+
+    episodes = random_episodes(4)
+    tokenizer = build_tiny_tokenizer([t.text for ep in episodes for t in ep.turns], "word")
+    config = make_config("qsft", tmp_path, {"report_to": "none", "use_cpu": True, "max_length": 32,
+                                            "reward_transform": "success", "gamma": 0.9, "save_strategy": "no"})
+    assert config.loss_variant == "dummy"
+    dataset, _ = qsft_dataset(episodes, tokenizer, config, None)
+    with pytest.raises(ConfigError, match="loss_variant 'dummy' needs the reserved token"):
+        QSFTTrainer(build_tiny_model(tokenizer, "micro", 32, seed=0), build_tiny_model(tokenizer, "micro", 32, seed=1),
+                    config, dataset, tokenizer)

@@ -48,3 +48,27 @@ def test_cotrain_trains_both_models_and_saves_the_behavior(tmp_path):
     assert start.shape == _weights(behavior).shape
     assert not torch.allclose(_weights(behavior), start) and not torch.allclose(_weights(q_model), start)
     assert not torch.equal(_weights(q_model), _weights(behavior))
+
+
+def test_callbacks_reach_the_trainer_of_the_algorithm(tmp_path):
+    """`train(callbacks=...)`: hooks see the model being trained (Q-SFT: the Q-model, not the behavior SFT)."""
+    from transformers import TrainerCallback
+
+    from qsft.training.run import train
+
+    class Seen(TrainerCallback):
+        def __init__(self):
+            self.steps, self.models = [], set()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.steps.append(state.global_step)
+            self.models.add(id(model))
+
+    overrides = {"model_preset": "micro", "history_turns": 1, "max_length": 32, "report_to": "none",
+                 "per_device_train_batch_size": 8, "max_steps": 3, "save_strategy": "no", "disable_tqdm": True,
+                 "use_cpu": True}
+    seen = Seen()
+    out = train("qsft", random_episodes(20), "tiny", tmp_path / "q",
+                {**overrides, "behavior_max_steps": 2, "reward_transform": "success", "gamma": 0.9}, callbacks=[seen])
+    assert seen.steps == [1, 2, 3] and len(seen.models) == 1  # three Q-SFT steps; the 2 behavior steps unseen
+    assert (out / "behavior").is_dir()

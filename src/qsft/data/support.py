@@ -46,22 +46,35 @@ class DataSupport:
                    torch.tensor([s for _, s in ordered], dtype=torch.long))
 
     def allowed(self, last_tokens: torch.Tensor, vocab: int) -> torch.Tensor:  # [n, V] bool
-        """Row i: the agent tokens the data shows after `last_tokens[i]` (all True for an unseen predecessor)."""
-        last = last_tokens.reshape(-1).cpu()
-        where = torch.searchsorted(self.predecessors, last).clamp(max=max(len(self.predecessors) - 1, 0))
-        known = (self.predecessors[where] == last) if len(self.predecessors) else torch.zeros_like(last, dtype=torch.bool)
-        mask = torch.zeros(len(last), vocab, dtype=torch.bool)
+        """Row i: the agent tokens the data shows after `last_tokens[i]` (all True for an unseen predecessor).
+
+        Built where `last_tokens` lives (the table is copied to that device once), so a GPU run moves no
+        [n, V] mask across the bus each step.
+        """
+        last = last_tokens.reshape(-1)
+        predecessors, offsets, successor_ids = self._on(last.device)
+        where = torch.searchsorted(predecessors, last).clamp(max=max(len(predecessors) - 1, 0))
+        known = (predecessors[where] == last) if len(predecessors) else torch.zeros_like(last, dtype=torch.bool)
+        mask = torch.zeros(len(last), vocab, dtype=torch.bool, device=last.device)
         mask[~known] = True
         rows = known.nonzero()[:, 0]
         if len(rows):
-            starts, stops = self.offsets[where[rows]], self.offsets[where[rows] + 1]
+            starts, stops = offsets[where[rows]], offsets[where[rows] + 1]
             lengths = stops - starts
             row_of = torch.repeat_interleave(rows, lengths)
-            within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
-            columns = self.successor_ids[torch.repeat_interleave(starts, lengths) + within]
+            within = (torch.arange(int(lengths.sum()), device=last.device)
+                      - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths))
+            columns = successor_ids[torch.repeat_interleave(starts, lengths) + within]
             keep = columns < vocab
             mask[row_of[keep], columns[keep]] = True
-        return mask.to(last_tokens.device)
+        return mask
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The CSR table on `device` (copied once per device)."""
+        copies = self.__dict__.setdefault("_copies", {})
+        if device not in copies:
+            copies[device] = tuple(t.to(device) for t in (self.predecessors, self.offsets, self.successor_ids))
+        return copies[device]
 
     def digest(self) -> str:
         h = hashlib.sha256()

@@ -17,7 +17,7 @@ from qsft.data.tokenize import SegmentEncoder, TokenMDPConfig
 from qsft.decoding.extraction import DEFAULT_MODE, TWO_MODEL_MODES, check_mode
 from qsft.decoding.generation import DecodingModels
 from qsft.errors import ConfigError, ModelLoadError
-from qsft.models.loading import bos_token_id, load_tokenizer
+from qsft.models.loading import load_tokenizer
 from qsft.models.run_models import load_run_models
 from qsft.training.run import RunInfo
 
@@ -52,9 +52,7 @@ class Policy:
 
     def token_mdp_config(self) -> TokenMDPConfig:
         """The layout training used (gamma only matters for targets, not for contexts)."""
-        return TokenMDPConfig(self.run_info.gamma or 1.0, self.run_info.max_length, bos_token_id(self.tokenizer),
-                              self.eot_token_id, history_turns=self.run_info.history_turns,
-                              reserve=self.run_info.reply_tokens)
+        return self.run_info.token_mdp_config(self.tokenizer)
 
     def describe(self) -> dict:
         return {"run": str(self.run_dir), "algo": self.run_info.algo, "mode": self.mode, "beta": self.beta,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode
 from qsft.data.io import load_episodes
-from qsft.data.tokenize import TokenizedEpisode, TokenMDPConfig, tokenize_episodes
+from qsft.data.tokenize import TokenizedEpisode, tokenize_episodes
 from qsft.decoding.extraction import align_vocab
 from qsft.errors import ConfigError, ModelLoadError
 from qsft.io import atomic_open
@@ -66,9 +66,7 @@ class Critic:
         self.q_model = q_model.to(device).eval()
         self.behavior_model = behavior_model.to(device).eval()
         self.device = device
-        self.layout = TokenMDPConfig(self.info.gamma or 1.0, self.info.max_length, bos_token_id(self.tokenizer),
-                                     self.tokenizer.eos_token_id, history_turns=self.info.history_turns,
-                                     reserve=self.info.reply_tokens)
+        self.layout = self.info.token_mdp_config(self.tokenizer)
         self.collate = TokenMDPCollator(self.tokenizer.pad_token_id, bos_token_id(self.tokenizer))
 
     @torch.no_grad()

@@ -1,6 +1,8 @@
 """Configs: dataclasses extending `transformers.TrainingArguments` (TRL-style), one per method.
 
-Defaults follow the paper's table (DESIGN §1.4): gamma 0.99, Polyak tau 0.005, lr 1e-4, batch 128.
+Defaults follow the paper's table (DESIGN §1.4): gamma 0.99, lr 1e-4, batch 128; except Polyak tau 0.05
+(paper 0.005), because the target must move through every token of a path within the default 1,000 steps
+(docs/algorithm.md §5, measured on the 5-state chain).
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ class BootstrappedConfig(OfflineRLConfig):
     """Fields of the value-learning methods (Q-SFT, ILQL): discount, Polyak rate, reward transform."""
 
     gamma: float = field(default=0.99, metadata={"help": "Discount per agent turn, in (0, 1]."})
-    tau: float = field(default=0.005, metadata={"help": "Polyak rate: target <- (1 - tau) target + tau theta."})
+    tau: float = field(default=0.05, metadata={
+        "help": "Polyak rate: target <- (1 - tau) target + tau theta (paper: 0.005; 0.05 lets values cross a "
+                "path of tokens within 1,000 steps, docs/algorithm.md §5)."})
     reward_transform: str = field(default="episode_return", metadata={
         "help": "none | scale[:RMAX] | episode_return[:LO:HI] | success (rewards into [0, 1])."})
 
@@ -111,7 +115,7 @@ class QSFTConfig(BootstrappedConfig):
                 "'expectile' under pi_beta (in-support soft max; see --expectile)."})
     expectile: float = field(default=0.9, metadata={
         "help": "With --bootstrap expectile: tau in (0, 1]; 1 is the max, 0.5 the behavior's mean (SARSA)."})
-    loss_variant: str | None = field(default=None, metadata={
+    loss_variant: str = field(default="dummy", metadata={
         "help": "'dummy' (default: a reserved token takes 1 - y; unbiased) or 'uniform' (paper Eq. 3; biased upward "
                 "by up to (1 - E[Q]) / ((V - 1) support_threshold), see docs/algorithm.md)."})
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
@@ -148,7 +152,7 @@ class QSFTConfig(BootstrappedConfig):
             raise ConfigError(f"bootstrap must be one of {BOOTSTRAP_OPERATORS}, got {self.bootstrap!r}")
         if not 0 < self.expectile <= 1:
             raise ConfigError(f"expectile must be in (0, 1], got {self.expectile}")
-        if self.loss_variant is not None and self.loss_variant not in LOSS_VARIANTS:
+        if self.loss_variant not in LOSS_VARIANTS:
             raise ConfigError(f"loss_variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
         if self.q_init not in ("behavior", "model"):
             raise ConfigError(f"q_init must be 'behavior' or 'model', got {self.q_init!r}")

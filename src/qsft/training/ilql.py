@@ -230,10 +230,10 @@ class ILQLTrainer(OfflineRLTrainer):
 
 
 def train_ilql(base_model: nn.Module, tokenizer, episodes: list[Episode], config: ILQLConfig,
-               resume_from_checkpoint: str | None = None) -> RewardReport:
+               resume_from_checkpoint: str | None = None, callbacks: list | None = None) -> RewardReport:
     """Train the LM and its ILQL heads on `episodes` into `config.output_dir`; returns the reward report."""
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_token_id=None)
-    trainer = ILQLTrainer(ILQLModel(base_model, beta=config.beta), config, dataset, tokenizer)
+    trainer = ILQLTrainer(ILQLModel(base_model, beta=config.beta), config, dataset, tokenizer, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     return report

@@ -76,7 +76,10 @@ class QSFTTrainer(OfflineRLTrainer):
         if self.lora and self.cotrain:
             raise ConfigError("behavior 'cotrain' is not available with --lora: train the behavior adapter first")
         super().__init__(model, args, train_dataset, processing_class, **kwargs)
-        self.loss_variant = args.loss_variant or "uniform"
+        self.loss_variant = args.loss_variant
+        if self.loss_variant == "dummy" and dummy_token_id is None:
+            raise ConfigError("loss_variant 'dummy' needs the reserved token's id: add it with "
+                              "qsft.models.loading.ensure_dummy_token and pass dummy_token_id (or choose 'uniform')")
         self.dummy_token_id = dummy_token_id
         self.data_support = data_support  # `--support data`: the agent tokens the data shows after each token
         if self.lora:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 
 from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode
@@ -40,6 +40,7 @@ from qsft.data.io import load_episodes
 from qsft.data.rewards import apply_reward_transform
 from qsft.data.support import DataSupport
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer
+from qsft.data.tokenize import TokenMDPConfig
 from qsft.errors import ConfigError
 from qsft.io import atomic_write_json
 from qsft.models.behavior_cache import (
@@ -118,6 +119,14 @@ class RunInfo:
     def behavior_path(self, run_dir: str | Path) -> Path | None:
         return _resolve(run_dir, self.behavior_model)
 
+    def token_mdp_config(self, tokenizer) -> TokenMDPConfig:
+        """The context layout this run trained with, for reading its states again (policy, critic).
+
+        gamma only shapes targets, not contexts; `reserve` None marks a run from before reply_tokens.
+        """
+        return TokenMDPConfig(self.gamma or 1.0, self.max_length, bos_token_id(tokenizer), tokenizer.eos_token_id,
+                              history_turns=self.history_turns, reserve=self.reply_tokens)
+
     def base_path(self, run_dir: str | Path) -> Path | None:
         return _resolve(run_dir, self.base_model)
 
@@ -182,9 +191,9 @@ def _save_tokenizer(tokenizer, config, folder: Path, vision: VisionInputs | None
 
 
 def _train_sft(model, tokenizer, episodes: list[Episode], config, out: Path,
-               vision: VisionInputs | None = None) -> None:
+               vision: VisionInputs | None = None, callbacks: list | None = None) -> None:
     trainer = BCTrainer(model, config, sft_dataset(episodes, tokenizer, config, vision), tokenizer,
-                        data_collator=_collator(tokenizer, vision))
+                        data_collator=_collator(tokenizer, vision), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     if is_lora_model(model):
         if config.should_save:
@@ -203,8 +212,13 @@ def _resume_arg(config, out: Path):
 
 
 def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out: str | Path = "qsft-run",
-          overrides: dict[str, Any] | None = None, env: str | None = None) -> Path:
-    """Train `algo` on episodes from `data`, starting from `model` ('tiny' or a local HF dir); returns OUT."""
+          overrides: dict[str, Any] | None = None, env: str | None = None,
+          callbacks: list[TrainerCallback] | None = None) -> Path:
+    """Train `algo` on episodes from `data`, starting from `model` ('tiny' or a local HF dir); returns OUT.
+
+    `callbacks` (transformers `TrainerCallback`s) go to the trainer of `algo` itself: for Q-SFT the
+    Q-model's trainer, not the behavior model's SFT; their hooks receive the training `model`.
+    """
     out = Path(out)
     config = make_config(algo, out, overrides)
     if model != "tiny":
@@ -225,19 +239,19 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
             episodes = select_top_episodes(episodes, config.top)
             info.extra["episodes_kept"] = len(episodes)
         base, tokenizer, vision = _base_model_and_tokenizer(model, episodes, config)
-        _train_sft(base, tokenizer, episodes, config, out, vision)
+        _train_sft(base, tokenizer, episodes, config, out, vision, callbacks)
     elif algo == "ilql":  # LM + Q/V heads trained together from the base model (Snell et al. 2022)
         base, tokenizer, _ = _base_model_and_tokenizer(model, episodes, config)
-        report = train_ilql(base, tokenizer, episodes, config, _resume_arg(config, out))
+        report = train_ilql(base, tokenizer, episodes, config, _resume_arg(config, out), callbacks)
         info.gamma, info.reward = config.gamma, report.to_dict()
         info.extra.update(beta=config.beta, tau_expectile=config.tau_expectile, cql_weight=config.cql_weight)
     else:
         # bad rewards are reported before the behavior model spends minutes training
         apply_reward_transform(episodes, config.reward_transform, config.gamma)
         if config.lora:
-            _train_qsft_lora(model, episodes, config, overrides, out, info)
+            _train_qsft_lora(model, episodes, config, overrides, out, info, callbacks)
         else:
-            _train_qsft(model, episodes, config, overrides, out, info)
+            _train_qsft(model, episodes, config, overrides, out, info, callbacks)
     info.reply_tokens = config.reply_tokens
     if config.should_save:
         info.save(out)
@@ -248,13 +262,12 @@ UNIFORM_BIAS_WARNING = 0.01  # warn when the uniform variant's bootstrap inflati
 
 
 def _loss_variant(config, vocab_size: int) -> str:
-    """The dummy variant unless asked otherwise (unbiased at every vocabulary size; docs/algorithm.md §4).
+    """The configured variant (default 'dummy', unbiased at every vocabulary size; docs/algorithm.md §4).
 
     The uniform variant (paper Eq. 3) spreads (1 - y) over all V - 1 other tokens, so a support token
     with pi_beta near the threshold reads p/pi_beta inflated by up to (1 - E[Q]) / ((V - 1) threshold):
     0.20 at V = 50,257 and threshold 1e-4, compounding token by token inside an utterance.
     """
-    config.loss_variant = config.loss_variant or "dummy"
     if config.loss_variant == "uniform" and config.support_threshold > 0:
         bound = 1.0 / ((vocab_size - 1) * config.support_threshold)
         if bound > UNIFORM_BIAS_WARNING:
@@ -288,7 +301,8 @@ def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides,
     return behavior_dir
 
 
-def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo) -> None:
+def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo,
+                callbacks: list | None = None) -> None:
     """Q-SFT with three full models: behavior first, then Q-model + target from the same weights."""
     if config.behavior not in (None, "", "cotrain"):
         behavior_dir = Path(config.behavior)
@@ -318,7 +332,7 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
     if config.behavior_cache if config.behavior_cache is not None else (config.behavior != "cotrain" and not vision):
         dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info, support)
     trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id,
-                          data_support=support, data_collator=_collator(tokenizer, vision))
+                          data_support=support, data_collator=_collator(tokenizer, vision), callbacks=callbacks)
     del behavior  # the trainer holds it, unless the behavior cache made it unnecessary: then it is freed
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     trainer.save_model(str(out))  # main process only, tokenizer included
@@ -380,9 +394,9 @@ def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: 
     return base, tokenizer, "base"
 
 
-def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo) -> None:
+def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo,
+                     callbacks: list | None = None) -> None:
     """Q-SFT with one frozen base and three LoRA adapters: behavior (SFT first), q_model, target."""
-    config.loss_variant = config.loss_variant or "dummy"
     variant = config.loss_variant
     if config.behavior and model == "tiny":
         raise ConfigError("with lora and --behavior ADAPTER_DIR, --model must be the base the adapter was "
@@ -405,7 +419,8 @@ def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out
 
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id)
     support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
-    trainer = QSFTTrainer(peft_model, None, config, dataset, tokenizer, dummy_token_id=dummy_id, data_support=support)
+    trainer = QSFTTrainer(peft_model, None, config, dataset, tokenizer, dummy_token_id=dummy_id, data_support=support,
+                          callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     if config.should_save:
         save_adapter(peft_model, Q_ADAPTER, out)
