@@ -1,24 +1,25 @@
 """Q* through the CLI on a GPT-2-shaped model with a real-size (50,257-token) vocabulary and two-token actions.
 
-A user's path: a saved Hugging Face model dir (built here from a config, nothing downloaded), `qsft train
---algo bc`, then `qsft train --algo qsft --behavior BC`, then `qsft score`. The loss variant, support
-threshold, support and bootstrap operator stay at their defaults; the flags size the run (batch, steps,
-learning rate, Polyak rate). Prints every turn's score, Q* and the largest error (issue #16 asks <= 0.05).
+A user's path: a saved Hugging Face model dir (built from a config, nothing downloaded; tests/real_vocab.py),
+`qsft pretrain` on the transcripts, `qsft train --algo bc`, `qsft train --algo qsft --behavior BC`, then
+`qsft score`. The loss variant, threshold, support, bootstrap, tau and q_init stay at their defaults; the
+flags size the run (steps, batch 16, lr 3e-3, history_turns 1). Prints every turn's score, Q* and the
+largest error (issue #16 asks <= 0.05; tests/training/test_real_vocab_cli.py runs the same).
 
-    python benchmarks/real_vocab_chain.py --out /tmp/real-vocab [--qsft-steps 500]
+    python benchmarks/real_vocab_chain.py --out /tmp/real-vocab [--pretrain-steps 150] [--qsft-steps 700]
 
-Measured 2026-12-02 (150 BC + N Q-SFT steps at lr 3e-3, batch 16, tau 0.05; ~0.07-0.09 s per Q-SFT step
-on 2 cores; the curve from the same `train()` with a scoring callback, largest |score - Q*|):
-* `q_init model` (default): 0.89 / 0.81 / 0.72 at steps 50 / 150 / 300, and erratic: a freshly initialised
-  model spreads 1/50,257 on every token, so each of the 3 tokens of an utterance ("step", "left", end of
-  turn) must first climb from ~0 (q_hat of "left" 0.0 while its end of turn reads 0.37).
-* `q_init behavior`: smooth and from above, 0.28 / 0.20 / 0.14 / 0.12 / 0.10 at steps 50 / 200 / 500 /
-  600 / 800, and what is left is representation: the values of p0, p1 and p2 stay within 0.03 of each
-  other (0L, 1L, 2L read 0.75-0.77 at step 800 where Q* is 0.66 / 0.66 / 0.73). The behavior is uniform in
-  every state, so BC never had to tell the position tokens apart, and 50k random embeddings do not; the
-  Q-loss's signal (values 10% apart) separates them slowly. Issue #17's `qsft pretrain` (an LM pass over
-  the transcripts) is the lever; this run does not meet issue #16's 0.05 yet.
-Earlier in the day, with tau 0.05 and q_init model for 500 steps: errors up to +0.22, not converged.
+Measured 2026-12-02 on 2 busy cores (~2 min in all; ~0.1-0.25 s per Q-SFT step at V = 50,257):
+* 150 pretrain + 150 BC + 700 Q-SFT steps (the defaults here): largest |score - Q*| 0.035; the first token
+  "step" reads the better continuation (0.747 / 0.795 / 0.871 / 1.0 at p0..p3 vs Q* 0.729 / 0.81 / 0.9 /
+  1.0). On a 1,200-step curve (same `train()` with a scoring callback): 0.20 / 0.087 / 0.034 / 0.026 /
+  0.037 / 0.026 at steps 200 / 400 / 600 / 800 / 1,000 / 1,200.
+* Without `qsft pretrain` (--pretrain-steps 0), q_init model: 0.89 / 0.81 / 0.72 at steps 50 / 150 / 300
+  and erratic: a freshly initialised model spreads 1/50,257 on every token, so each of the 3 tokens of an
+  utterance must first climb from ~0. With `--set q_init=behavior`: smooth, from above, 0.28 / 0.14 /
+  0.10 at steps 50 / 500 / 800, and stuck on representation: p0, p1 and p2 stay within 0.03 of each other
+  (0L, 1L, 2L read 0.75-0.77 where Q* is 0.66 / 0.66 / 0.73). The behavior is uniform in every state, so BC
+  never has to tell the position tokens apart and 50k random embeddings do not; predicting the next
+  observation (pretraining) does.
 
 Before the dummy variant became the default, the same run scored every state-action about 0.95 (Q* runs
 from 0.66 to 1.0): the uniform variant's spread mass inflates p/pi_beta on rare support tokens at V = 50k.
@@ -27,80 +28,25 @@ from 0.66 to 1.0): the uniform variant's spread mass inflates p/pi_beta on rare 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qsft.cli import main
-from qsft.data.episode import Episode, Turn
-from qsft.data.io import save_episodes
-from tests.oracle_chain import GAMMA, chain_transitions, q_star
-
-VOCAB = 50_257
-UTTERANCE = {"L": "step left", "R": "step right"}
-
-
-def save_gpt2_shaped_model(folder) -> None:
-    """A 2-layer GPT-2 with a 50,257-token word-level vocabulary (chain words + filler), saved like any HF model."""
-    words = ["<|endoftext|>", "<|pad|>", "p0", "p1", "p2", "p3", "p4", "step", "left", "right"]
-    vocab = {w: i for i, w in enumerate(words)}
-    vocab.update({f"tok{i}": len(words) + i for i in range(VOCAB - len(words))})
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
-                                        eos_token="<|endoftext|>", pad_token="<|pad|>")
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_layer=2, n_embd=64, n_head=2, bos_token_id=0,
-                        eos_token_id=0, pad_token_id=1)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def two_token_chain() -> list[Episode]:
-    """Every chain transition, twice, with the actions spelled as two tokens."""
-    return [Episode(ep.id, tuple(Turn(t.role, UTTERANCE.get(t.text, t.text) if t.role == "agent" else t.text,
-                                      t.reward) for t in ep.turns), ep.done, ep.meta)
-            for ep in chain_transitions(copies=2)]
-
-
-def run(tmp_path: Path, bc_steps: int, qsft_steps: int, q_init: str = "model") -> dict:
-    model, data = tmp_path / "gpt2-50k", tmp_path / "chain.jsonl"
-    save_gpt2_shaped_model(model)
-    episodes = two_token_chain()
-    save_episodes(data, episodes)
-    common = ["--data", str(data), "--model", str(model), "--history_turns", "1", "--max_length", "16",
-              "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--seed", "0",
-              "--save_strategy", "no", "--logging_steps", "100", "--report_to", "none", "--disable_tqdm", "true",
-              "--use_cpu", "true"]
-    assert main(["train", "--algo", "bc", "--out", str(tmp_path / "bc"), "--max_steps", str(bc_steps), *common]) == 0
-    assert main(["train", "--algo", "qsft", "--out", str(tmp_path / "qsft"), "--behavior", str(tmp_path / "bc"),
-                 "--gamma", str(GAMMA), "--max_steps", str(qsft_steps), "--q_init", q_init, *common]) == 0
-    scores = tmp_path / "scores.jsonl"
-    assert main(["score", "--run", str(tmp_path / "qsft"), "--data", str(data), "--out", str(scores)]) == 0
-    truth = q_star(GAMMA)
-    action = {text: key for key, text in UTTERANCE.items()}
-    errors = {}
-    for line in scores.read_text().splitlines():
-        turn = json.loads(line)
-        state = int(next(ep for ep in episodes if ep.id == turn["episode_id"]).turns[0].text[1:])
-        key = (state, turn["text"])
-        errors[key] = turn["q"] - truth[(state, action[turn["text"]])]
-        print(f"state {state} {turn['text']!r:14} Q* {truth[(state, action[turn['text']])]:.3f} "
-              f"q_hat per token {[round(x, 3) for x in turn['q_hat']]}")
-    print(f"largest |score - Q*|: {max(abs(e) for e in errors.values()):.3f}")
-    return errors
-
+from tests.real_vocab import run_cli_chain  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--bc-steps", type=int, default=150)
-    parser.add_argument("--qsft-steps", type=int, default=500)
-    parser.add_argument("--q-init", default="model", choices=("model", "behavior"))
+    parser.add_argument("--qsft-steps", type=int, default=700)
+    parser.add_argument("--set", nargs="*", default=[], help="more qsft train flags as key=value, e.g. q_init=behavior")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    run(Path(args.out), args.bc_steps, args.qsft_steps, args.q_init)
+    extra = tuple(part for item in args.set for part in ("--" + item.split("=", 1)[0], item.split("=", 1)[1]))
+    rows = run_cli_chain(Path(args.out), args.pretrain_steps, args.bc_steps, args.qsft_steps, extra)
+    for row in rows:
+        print(f"state {row['state']} {row['action']!r:14} Q* {row['q_star']:.3f} score {row['q']:.3f} "
+              f"q_hat per token {[round(x, 3) for x in row['q_hat']]}")
+    print(f"largest |score - Q*|: {max(abs(r['q'] - r['q_star']) for r in rows):.3f}")

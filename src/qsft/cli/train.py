@@ -68,6 +68,17 @@ def register(subparsers) -> None:
         description="Train with --algo on --data from --model; writes a loadable model and qsft.json to --out. "
                     "Any config field below may also be given in a YAML file with --config (flags win).")
     parser.add_argument("--algo", default="qsft", help="Method: qsft, bc, filtered_bc or ilql.")
+    _add_common_arguments(parser)
+    pretrain = subparsers.add_parser(
+        "pretrain", help="Causal-LM training on whole transcripts (every token): a base model for --model.",
+        description="Domain-adaptive pretraining on your own logs: next-token loss on observations and actions "
+                    "alike, from --model ('tiny' or a local HF dir). --out is an ordinary Hugging Face model dir "
+                    "(weights + tokenizer) that `qsft train --model OUT` takes for any algorithm.")
+    _add_common_arguments(pretrain)
+    pretrain.set_defaults(algo="pretrain")
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="Episode dataset: a JSONL file (see docs/episode_format.md).")
     parser.add_argument("--model", default="tiny", help="'tiny' (a small GPT-2 trained from scratch) or a local HF model dir.")
     parser.add_argument("--out", required=True, help="Output run directory.")
@@ -112,5 +123,5 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"data file not found: {data}")
     overrides = collect_overrides(args)
     out = train(args.algo, data, args.model, args.out, overrides, env=args.env)
-    print(f"trained {args.algo}: {out}")
+    print(f"pretrained: {out} (use it with --model)" if args.algo == "pretrain" else f"trained {args.algo}: {out}")
     return 0

@@ -72,14 +72,17 @@ from qsft.models.lora import (
 from qsft.models.vlm import build_tiny_vlm, load_vision
 from qsft.training.bc import BCTrainer
 from qsft.training.checkpoints import latest_complete_checkpoint
-from qsft.training.config import BCConfig, FilteredBCConfig, QSFTConfig
+from qsft.training.config import BCConfig, FilteredBCConfig, PretrainConfig, QSFTConfig
 from qsft.training.data import qsft_dataset, select_top_episodes, sft_dataset
 from qsft.training.ilql import ILQLConfig, train_ilql
+from qsft.training.pretrain import PretrainTrainer
 from qsft.training.qsft_trainer import QSFTTrainer
 
 RUN_FILE = "qsft.json"
-ALGORITHMS = ("bc", "filtered_bc", "qsft", "ilql")
-CONFIG_CLASSES = {"bc": BCConfig, "filtered_bc": FilteredBCConfig, "qsft": QSFTConfig, "ilql": ILQLConfig}
+ALGORITHMS = ("bc", "filtered_bc", "qsft", "ilql")  # the methods `qsft bench` compares
+PRETRAIN = "pretrain"  # not a policy: a base model for the methods (`qsft pretrain`)
+CONFIG_CLASSES = {"bc": BCConfig, "filtered_bc": FilteredBCConfig, "qsft": QSFTConfig, "ilql": ILQLConfig,
+                  PRETRAIN: PretrainConfig}
 
 
 @dataclass
@@ -140,7 +143,7 @@ def _resolve(run_dir: str | Path, path: str | None) -> Path | None:
 def make_config(algo: str, out: str | Path, overrides: dict[str, Any] | None = None):
     """The method's config with `overrides` (YAML/flags) applied; unknown keys are one clear error."""
     if algo not in CONFIG_CLASSES:
-        raise ConfigError(f"unknown algorithm {algo!r}; choose from {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"unknown algorithm {algo!r}; choose from {', '.join(ALGORITHMS)} (or {PRETRAIN})")
     cls = CONFIG_CLASSES[algo]
     overrides = dict(overrides or {})
     known = {f.name for f in fields(cls)}
@@ -191,8 +194,8 @@ def _save_tokenizer(tokenizer, config, folder: Path, vision: VisionInputs | None
 
 
 def _train_sft(model, tokenizer, episodes: list[Episode], config, out: Path,
-               vision: VisionInputs | None = None, callbacks: list | None = None) -> None:
-    trainer = BCTrainer(model, config, sft_dataset(episodes, tokenizer, config, vision), tokenizer,
+               vision: VisionInputs | None = None, callbacks: list | None = None, trainer_class=BCTrainer) -> None:
+    trainer = trainer_class(model, config, sft_dataset(episodes, tokenizer, config, vision), tokenizer,
                         data_collator=_collator(tokenizer, vision), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
     if is_lora_model(model):
@@ -234,7 +237,10 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
                           f"without lora; not with {'lora' if algo != 'ilql' else 'ilql'}")
     out.mkdir(parents=True, exist_ok=True)
 
-    if algo in ("bc", "filtered_bc"):
+    if algo == PRETRAIN:  # every token of the transcripts; OUT is an ordinary HF model dir for --model
+        base, tokenizer, vision = _base_model_and_tokenizer(model, episodes, config)
+        _train_sft(base, tokenizer, episodes, config, out, vision, callbacks, trainer_class=PretrainTrainer)
+    elif algo in ("bc", "filtered_bc"):
         if algo == "filtered_bc":
             episodes = select_top_episodes(episodes, config.top)
             info.extra["episodes_kept"] = len(episodes)
