@@ -175,7 +175,7 @@ def _worker(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: 
 
 
 # Parallel start order: BC first (Q-SFT runs wait for it), then the longest runs (a smaller tail).
-_PRIORITY = {"bc": 0, "qsft": 1, "ilql": 2}
+_PRIORITY = {"bc": 0, "qsft": 1, "ilql": 2, "mc": 2}
 
 
 def _run_parallel(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path,

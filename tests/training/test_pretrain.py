@@ -65,7 +65,7 @@ def test_pretrain_learns_the_transitions_and_serves_as_base_for_every_method(tmp
     assert _next_observation_accuracy(base) >= 0.9
     assert _next_observation_accuracy(bc) <= 0.5
     short = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--history_turns", "1", *COMMON[2:]]
-    for algo in ("bc", "qsft", "ilql"):
+    for algo in ("bc", "qsft", "ilql", "mc"):
         extra = ["--reward_transform", "success", "--gamma", "0.9"] if algo != "bc" else []
         assert main(["train", "--algo", algo, "--data", str(data), "--model", str(base),
                      "--out", str(tmp_path / algo), *short, *extra]) == 0

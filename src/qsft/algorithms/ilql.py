@@ -1,4 +1,5 @@
-"""ILQL: implicit language Q-learning on the token MDP (Snell et al. 2022, §3–4; as in trlx / LMRL-Gym).
+"""ILQL: implicit language Q-learning on the token MDP (Snell et al. 2022, §3–4; as in trlx / LMRL-Gym),
+and MC returns (LMRL-Gym's "MC"): the same heads regressed on Monte-Carlo returns (`mc_loss`).
 
 The baseline Q-SFT is compared against. A language model gets three extra heads on its last
 hidden states: two Q heads over the vocabulary (`q1`, `q2`), their slowly moving target copies,
@@ -161,6 +162,55 @@ def ilql_loss(
                                  action_values(target_q2_logits, input_ids))
     state_v = token_state_values(values)
     loss_v = expectile_loss(state_v, target_q, action_mask, tau)
+    loss_cql = cql_loss(q1_logits, input_ids, action_mask) + cql_loss(q2_logits, input_ids, action_mask)
+    loss_bc = behavior_cloning_loss(lm_logits, input_ids, action_mask) if _decisions(action_mask).any() \
+        else lm_logits.sum() * 0.0
+    loss = loss_q + loss_v + cql_weight * loss_cql + bc_weight * loss_bc
+    with torch.no_grad():
+        decisions = _decisions(action_mask)
+        mean_q = _masked_mean(torch.minimum(q1_taken, q2_taken).float(), decisions).item()
+        mean_v = _masked_mean(state_v.float(), decisions).item()
+    return ILQLOutput(loss, loss_q.item(), loss_v.item(), loss_cql.item(), loss_bc.item(), mean_q, mean_v)
+
+
+def mc_returns(
+    reward: torch.Tensor,  # [B, T] each agent turn's return-to-go on its last token (`qsft.data.rewards.returns_to_go`)
+    next_state_index: torch.Tensor,  # [B, T] long; == t inside an utterance (its next state is the prefix x_<=t)
+    action_mask: torch.Tensor,  # [B, T]
+) -> torch.Tensor:  # [B, T] float32, 0 off agent tokens
+    """G_t for every agent token: its turn's return-to-go, carried back over the utterance's tokens
+    (inside an utterance the reward is 0 and the discount 1, so every token of a turn has the turn's return)."""
+    positions = torch.arange(reward.shape[1], device=reward.device)
+    agent = action_mask.bool()
+    continues = agent & (next_state_index == positions)  # token t is followed by token t + 1 of its utterance
+    out = torch.zeros(reward.shape, dtype=torch.float32, device=reward.device)
+    carry = torch.zeros(reward.shape[0], dtype=torch.float32, device=reward.device)
+    for t in range(reward.shape[1] - 1, -1, -1):
+        carry = reward[:, t].float() + torch.where(continues[:, t], carry, torch.zeros_like(carry))
+        out[:, t] = torch.where(agent[:, t], carry, torch.zeros_like(carry))
+    return out
+
+
+def mc_loss(
+    lm_logits: torch.Tensor,  # [B, T, V] LM head (with grad)
+    q1_logits: torch.Tensor,  # [B, T, V] (with grad)
+    q2_logits: torch.Tensor,  # [B, T, V] (with grad)
+    values: torch.Tensor,  # [B, T] V head (with grad)
+    input_ids: torch.Tensor,  # [B, T]
+    action_mask: torch.Tensor,  # [B, T]
+    returns: torch.Tensor,  # [B, T] G_t (`mc_returns`)
+    cql_weight: float = 0.1,
+    bc_weight: float = 1.0,
+) -> ILQLOutput:
+    """MC returns: sum_i (Q_i(s_t, a_t) - G_t)^2 + (V(s_t) - G_t)^2 + CQL + BC over agent tokens.
+
+    Q regresses the behavior's Q^beta and V its V^beta (no bootstrap, no max): decoding with
+    log pi_beta + beta (Q - V) is one step of policy improvement over the data's behavior.
+    """
+    q1_taken, q2_taken = action_values(q1_logits, input_ids), action_values(q2_logits, input_ids)
+    loss_q = q_regression_loss(q1_taken, returns, action_mask) + q_regression_loss(q2_taken, returns, action_mask)
+    state_v = token_state_values(values)
+    loss_v = q_regression_loss(state_v, returns, action_mask)
     loss_cql = cql_loss(q1_logits, input_ids, action_mask) + cql_loss(q2_logits, input_ids, action_mask)
     loss_bc = behavior_cloning_loss(lm_logits, input_ids, action_mask) if _decisions(action_mask).any() \
         else lm_logits.sum() * 0.0

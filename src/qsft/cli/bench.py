@@ -9,7 +9,7 @@ from qsft.cli.common import reports_errors
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="Compare methods (bc, filtered_bc, ilql, qsft) on one environment over seeds.",
+        "bench", help="Compare methods (bc, filtered_bc, ilql, mc, qsft) on one environment over seeds.",
         description="Generates (or reuses) the dataset, trains every algorithm with the same model, data and "
                     "step budget, evaluates each, and writes report.md/report.png/bench.json under --out. "
                     "Finished runs are reused, so an interrupted bench resumes.")

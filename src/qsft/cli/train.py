@@ -67,7 +67,7 @@ def register(subparsers) -> None:
         "train", help="Train Q-SFT or a baseline on an episode dataset.",
         description="Train with --algo on --data from --model; writes a loadable model and qsft.json to --out. "
                     "Any config field below may also be given in a YAML file with --config (flags win).")
-    parser.add_argument("--algo", default="qsft", help="Method: qsft, bc, filtered_bc or ilql.")
+    parser.add_argument("--algo", default="qsft", help="Method: qsft, bc, filtered_bc, ilql or mc (Monte-Carlo returns).")
     _add_common_arguments(parser)
     pretrain = subparsers.add_parser(
         "pretrain", help="Causal-LM training on whole transcripts (every token): a base model for --model.",

@@ -96,6 +96,12 @@ def partial_returns(rewards: list[float], gamma: float) -> list[float]:
     return out
 
 
+def returns_to_go(episodes: list[Episode], gamma: float) -> list[Episode]:
+    """Copies whose agent turns carry their discounted return-to-go (`partial_returns`) as the reward: the
+    Monte-Carlo targets of `--algo mc`, placed where the token MDP puts a turn's reward (its last token)."""
+    return [ep.with_rewards(partial_returns(ep.rewards, gamma)) for ep in episodes]
+
+
 def apply_reward_transform(
     episodes: list[Episode], spec: str, gamma: float, low: float | None = None, high: float | None = None
 ) -> tuple[list[Episode], RewardReport]:

@@ -79,7 +79,7 @@ def load_policy(run_dir: str | Path, mode: str | None = None, beta: float | None
         raise ConfigError(f"{run_dir} is a {info.algo!r} run (one model): only --decode bc applies, not {mode!r}")
     tokenizer = load_tokenizer(run_dir)
     behavior_model = None
-    if info.algo == "ilql":
+    if info.algo in ("ilql", "mc"):  # an LM with ILQL's heads
         from qsft.training.ilql import load_ilql_policy  # optional baseline, imported only when used
 
         # ILQL's beta scales its own advantage; without a request the one trained with it applies.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,25 +25,25 @@ from transformers import TrainerCallback
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from qsft.algorithms.ilql import decoding_logits, ilql_loss
+from qsft.algorithms.ilql import decoding_logits, ilql_loss, mc_loss, mc_returns
+from qsft.data.collate import TokenMDPDataset
 from qsft.data.episode import Episode
-from qsft.data.rewards import RewardReport
+from qsft.data.rewards import RewardReport, apply_reward_transform, returns_to_go
+from qsft.data.tokenize import tokenize_episodes
 from qsft.errors import ConfigError, ModelLoadError
 from qsft.models.loading import load_model
 from qsft.models.target import polyak_update
 from qsft.training.base import OfflineRLTrainer
 from qsft.training.config import BootstrappedConfig
-from qsft.training.data import qsft_dataset
+from qsft.training.data import qsft_dataset, resolve_reply_tokens, token_mdp_config
 
 HEADS_FILE = "ilql_heads.safetensors"
 
 
 @dataclass
-class ILQLConfig(BootstrappedConfig):
-    """ILQL (Snell et al. 2022) with trlx's defaults; rewards transformed into [0, 1] like Q-SFT's."""
+class HeadsConfig(BootstrappedConfig):
+    """Fields of the methods with ILQL's Q/V heads (ILQL, MC): loss weights and the decoding beta."""
 
-    tau_expectile: float = field(default=0.7, metadata={
-        "help": "Expectile of the V regression: 0.5 = mean of Q under the data, -> 1 = max."})
     cql_weight: float = field(default=0.1, metadata={"help": "Weight of the CQL term (logsumexp Q - Q(a))."})
     bc_weight: float = field(default=1.0, metadata={
         "help": "Weight of the LM head's cross-entropy (trlx awac_scale)."})
@@ -51,13 +51,33 @@ class ILQLConfig(BootstrappedConfig):
         "help": "Decoding: logits = log pi_beta + beta * (Q - V); 0 is BC. Stored with the heads."})
 
     def __post_init__(self) -> None:
-        if not 0 < self.tau_expectile < 1:
-            raise ConfigError(f"tau_expectile must be in (0, 1), got {self.tau_expectile}")
         if self.cql_weight < 0 or self.bc_weight < 0:
             raise ConfigError(f"cql_weight and bc_weight must be >= 0, got {self.cql_weight}, {self.bc_weight}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         super().__post_init__()
+
+
+@dataclass
+class ILQLConfig(HeadsConfig):
+    """ILQL (Snell et al. 2022) with trlx's defaults; rewards transformed into [0, 1] like Q-SFT's."""
+
+    tau_expectile: float = field(default=0.7, metadata={
+        "help": "Expectile of the V regression: 0.5 = mean of Q under the data, -> 1 = max."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tau_expectile < 1:
+            raise ConfigError(f"tau_expectile must be in (0, 1), got {self.tau_expectile}")
+        super().__post_init__()
+
+
+@dataclass
+class MCConfig(HeadsConfig):
+    """MC returns (LMRL-Gym's "MC"): ILQL's heads regressed on each token's discounted Monte-Carlo return.
+
+    Every logged episode counts as ended: its observed (transformed) return is its return, so
+    `episode_return` pays truncated episodes their partial return here (there is nothing to bootstrap).
+    """
 
 
 class QHeads(nn.Module):
@@ -229,11 +249,41 @@ class ILQLTrainer(OfflineRLTrainer):
         ilql_model.load_pretrained_weights(resume_from_checkpoint)
 
 
-def train_ilql(base_model: nn.Module, tokenizer, episodes: list[Episode], config: ILQLConfig,
+class MCTrainer(ILQLTrainer):
+    """Trains an `ILQLModel`'s heads on Monte-Carlo returns (`qsft.algorithms.ilql.mc_loss`)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids = inputs["input_ids"]
+        out = model(input_ids=ids, attention_mask=inputs["attention_mask"], use_cache=False, return_heads=True)
+        returns = mc_returns(inputs["reward"], inputs["next_state_index"], inputs["action_mask"])
+        result = mc_loss(out.logits, out.q1, out.q2, out.values, ids, inputs["action_mask"], returns,
+                         cql_weight=self.args.cql_weight, bc_weight=self.args.bc_weight)
+        for name in ("loss_q", "loss_v", "loss_cql", "loss_bc"):
+            self.record(name.replace("_", "/"), getattr(result, name))
+        self.record("q/mean", result.mean_q)
+        self.record("v/mean", result.mean_v)
+        return (result.loss, out) if return_outputs else result.loss
+
+
+def mc_dataset(episodes: list[Episode], tokenizer, config: MCConfig) -> tuple[TokenMDPDataset, RewardReport]:
+    """Token-MDP samples whose agent turns carry their discounted return-to-go (every episode ended)."""
+    ended = [replace(ep, done=True) for ep in episodes]
+    transformed, report = apply_reward_transform(ended, config.reward_transform, config.gamma)
+    resolve_reply_tokens(episodes, tokenizer, config)
+    samples = tokenize_episodes(returns_to_go(transformed, config.gamma), tokenizer,
+                                token_mdp_config(tokenizer, config, config.gamma))
+    return TokenMDPDataset(samples), report
+
+
+def train_ilql(base_model: nn.Module, tokenizer, episodes: list[Episode], config: ILQLConfig | MCConfig,
                resume_from_checkpoint: str | None = None, callbacks: list | None = None) -> RewardReport:
-    """Train the LM and its ILQL heads on `episodes` into `config.output_dir`; returns the reward report."""
-    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_token_id=None)
-    trainer = ILQLTrainer(ILQLModel(base_model, beta=config.beta), config, dataset, tokenizer, callbacks=callbacks)
+    """Train the LM and its heads (ILQL, or MC returns for an `MCConfig`) into `config.output_dir`;
+    returns the reward report."""
+    if isinstance(config, MCConfig):
+        (dataset, report), trainer_class = mc_dataset(episodes, tokenizer, config), MCTrainer
+    else:
+        (dataset, report), trainer_class = qsft_dataset(episodes, tokenizer, config, dummy_token_id=None), ILQLTrainer
+    trainer = trainer_class(ILQLModel(base_model, beta=config.beta), config, dataset, tokenizer, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     return report

@@ -74,15 +74,16 @@ from qsft.training.bc import BCTrainer
 from qsft.training.checkpoints import latest_complete_checkpoint
 from qsft.training.config import BCConfig, FilteredBCConfig, PretrainConfig, QSFTConfig
 from qsft.training.data import qsft_dataset, select_top_episodes, sft_dataset
-from qsft.training.ilql import ILQLConfig, train_ilql
+from qsft.training.ilql import ILQLConfig, MCConfig, train_ilql
 from qsft.training.pretrain import PretrainTrainer
 from qsft.training.qsft_trainer import QSFTTrainer
 
 RUN_FILE = "qsft.json"
-ALGORITHMS = ("bc", "filtered_bc", "qsft", "ilql")  # the methods `qsft bench` compares
+ALGORITHMS = ("bc", "filtered_bc", "qsft", "ilql", "mc")  # the methods `qsft bench` compares
 PRETRAIN = "pretrain"  # not a policy: a base model for the methods (`qsft pretrain`)
 CONFIG_CLASSES = {"bc": BCConfig, "filtered_bc": FilteredBCConfig, "qsft": QSFTConfig, "ilql": ILQLConfig,
-                  PRETRAIN: PretrainConfig}
+                  "mc": MCConfig, PRETRAIN: PretrainConfig}
+HEAD_ALGOS = ("ilql", "mc")  # an LM with ILQL's Q/V heads
 
 
 @dataclass
@@ -232,9 +233,9 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
     info = RunInfo(algo=algo, history_turns=config.history_turns, max_length=config.max_length,
                    data=None if isinstance(data, list) else str(Path(data).resolve()),
                    env=env or (sidecar or {}).get("env"), data_stats=sidecar)
-    if has_images(episodes) and (algo == "ilql" or getattr(config, "lora", False)):
+    if has_images(episodes) and (algo in HEAD_ALGOS or getattr(config, "lora", False)):
         raise ConfigError(f"episodes with images (vision-language models) work with bc, filtered_bc and qsft "
-                          f"without lora; not with {'lora' if algo != 'ilql' else 'ilql'}")
+                          f"without lora; not with {algo if algo in HEAD_ALGOS else 'lora'}")
     out.mkdir(parents=True, exist_ok=True)
 
     if algo == PRETRAIN:  # every token of the transcripts; OUT is an ordinary HF model dir for --model
@@ -246,11 +247,13 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
             info.extra["episodes_kept"] = len(episodes)
         base, tokenizer, vision = _base_model_and_tokenizer(model, episodes, config)
         _train_sft(base, tokenizer, episodes, config, out, vision, callbacks)
-    elif algo == "ilql":  # LM + Q/V heads trained together from the base model (Snell et al. 2022)
+    elif algo in HEAD_ALGOS:  # LM + Q/V heads trained together from the base model (Snell et al. 2022)
         base, tokenizer, _ = _base_model_and_tokenizer(model, episodes, config)
         report = train_ilql(base, tokenizer, episodes, config, _resume_arg(config, out), callbacks)
         info.gamma, info.reward = config.gamma, report.to_dict()
-        info.extra.update(beta=config.beta, tau_expectile=config.tau_expectile, cql_weight=config.cql_weight)
+        info.extra.update(beta=config.beta, cql_weight=config.cql_weight)
+        if algo == "ilql":
+            info.extra.update(tau_expectile=config.tau_expectile)
     else:
         # bad rewards are reported before the behavior model spends minutes training
         apply_reward_transform(episodes, config.reward_transform, config.gamma)
