@@ -87,3 +87,20 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status != "Z"  # a zombie has exited
+
+
+def test_bench_pretrains_one_base_that_every_method_starts_from(tmp_path):
+    settings = BenchSettings(env="maze", algos=["bc", "qsft", "mc"], seeds=1, episodes=12, eval_episodes=2,
+                             budget=2, overrides=TINY, pretrain_steps=3)
+    logs: list[str] = []
+    run_bench(settings, tmp_path, progress=False, log=logs.append)
+    base = tmp_path / "base"
+    assert (base / "config.json").is_file() and (base / "pretrain_time.json").is_file()
+    assert json.loads((base / "qsft.json").read_text())["algo"] == "pretrain"
+    starts = [line for line in logs if line.startswith("training ")]
+    assert len(starts) == 3 and all(f"from {base}" in line for line in starts)
+    assert "qsft pretrain" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "bench.json").read_text())["settings"]["pretrain_steps"] == 3
+    logs.clear()
+    run_bench(settings, tmp_path, progress=False, log=logs.append)
+    assert any("pretrained base: done earlier" in line for line in logs)

@@ -2,6 +2,8 @@
 
 Results folder layout (everything is written there; nothing is only printed):
     OUT/data/<env>.jsonl (+ .stats.json)      the offline dataset (generated once, reused)
+    OUT/base/                                 with --pretrain-steps: `qsft pretrain` on that dataset, the
+                                              base model every method then starts from (built once, reused)
     OUT/runs/<algo>-seed<k>/                  each training run (model, qsft.json, TensorBoard logs)
     OUT/runs/<algo>-seed<k>/results.json      its evaluation (+ results.png histogram, transcripts)
     OUT/report.md, OUT/report.png             methods x env table (mean ± 95% CI over seeds) and chart
@@ -11,8 +13,10 @@ A finished run (its results.json exists) is not redone, so an interrupted bench 
 
 from __future__ import annotations
 
+import json
 import statistics
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,8 @@ from qsft.errors import ConfigError
 from qsft.eval.evaluate import EvalResult, evaluate
 from qsft.eval.metrics import mean_ci95
 from qsft.io import atomic_write_json, atomic_write_text
-from qsft.training.run import ALGORITHMS, train
+from qsft.training.config import PretrainConfig
+from qsft.training.run import ALGORITHMS, PRETRAIN, RUN_FILE, train
 
 RESULTS = "results.json"
 
@@ -52,6 +57,7 @@ class BenchSettings:
     data_seed: int = 0
     policy: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every method
+    pretrain_steps: int | None = None  # `qsft pretrain` steps for OUT/base (None: the env YAML's, else 0 = none)
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.algos if a not in ALGORITHMS]
@@ -59,6 +65,8 @@ class BenchSettings:
             raise ConfigError(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
         if self.seeds < 1 or self.episodes < 1 or self.eval_episodes < 1:
             raise ConfigError("seeds, episodes and eval episodes must be at least 1")
+        if self.pretrain_steps is not None and self.pretrain_steps < 0:
+            raise ConfigError(f"pretrain steps must be >= 0, got {self.pretrain_steps}")
 
 
 def _method_overrides(settings: BenchSettings, defaults: dict[str, Any], algo: str, seed: int) -> dict[str, Any]:
@@ -94,6 +102,12 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
                                  settings.data_seed, data, progress=progress)
         log(f"  return {stats['return_mean']:.2f} (min {stats['return_min']:g}, max {stats['return_max']:g}), "
             f"success {stats['success_rate']:.0%}, optimal {stats['optimal_rate']:.0%}")
+    steps = settings.pretrain_steps if settings.pretrain_steps is not None else \
+        int(defaults.get(PRETRAIN, {}).get("max_steps", 0))
+    settings = replace(settings, pretrain_steps=steps)
+    runs_settings = settings
+    if steps:  # every method starts from the same pretrained base: the bench compares methods, not starts
+        runs_settings = replace(settings, model=str(_pretrained_base(settings, defaults, data, out, progress, log)))
     # BC first: a Q-SFT run of the same seed reuses it as its frozen behavior model (Algorithm 1).
     order = sorted(settings.algos, key=lambda a: a != "bc")
     runs = [(algo, seed) for seed in range(settings.first_seed, settings.first_seed + settings.seeds)
@@ -106,12 +120,36 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
     todo = [run for run in runs if run not in done]
     if jobs <= 1 or len(todo) <= 1:
         for algo, seed in todo:
-            done[algo, seed] = _train_and_evaluate(settings, defaults, data, out, algo, seed, progress, log)
+            done[algo, seed] = _train_and_evaluate(runs_settings, defaults, data, out, algo, seed, progress, log)
     else:
-        done.update(_run_parallel(settings, defaults, data, out, todo, jobs, log))
+        done.update(_run_parallel(runs_settings, defaults, data, out, todo, jobs, log))
     results = [done[run] for run in runs]
     write_bench_report(settings, results, out)
     return results
+
+
+PRETRAIN_TIME = "pretrain_time.json"
+
+
+def _pretrained_base(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path, progress: bool,
+                     log) -> Path:
+    """OUT/base: `qsft pretrain` on the bench's data from `settings.model` (the data seed's base; reused)."""
+    base = out / "base"
+    if (base / RUN_FILE).is_file():
+        log(f"pretrained base: done earlier, reusing {base}")
+        return base
+    known = {f.name for f in fields(PretrainConfig)} - {"history_turns", "output_dir"}
+    merged = {**defaults.get("train", {}), **defaults.get(PRETRAIN, {}), **settings.overrides}
+    overrides = {k: v for k, v in merged.items() if k in known}
+    overrides.update(max_steps=settings.pretrain_steps, seed=settings.data_seed)
+    overrides.setdefault("disable_tqdm", not progress)
+    log(f"pretraining the base model ({settings.pretrain_steps} steps, every transcript token) -> {base}")
+    start = time.perf_counter()
+    train(PRETRAIN, data, settings.model, base, overrides, env=settings.env)
+    seconds = time.perf_counter() - start
+    atomic_write_json(base / PRETRAIN_TIME, {"steps": settings.pretrain_steps, "seconds": seconds})
+    log(f"  pretrained in {seconds:.0f} s")
+    return base
 
 
 def _run_dir(out: Path, algo: str, seed: int) -> Path:
@@ -125,7 +163,8 @@ def _train_and_evaluate(settings: BenchSettings, defaults: dict[str, Any], data:
     if _needs_bc(settings, algo, overrides):
         overrides["behavior"] = str(_run_dir(out, "bc", seed))
     overrides.setdefault("disable_tqdm", not progress)
-    log(f"training {algo} seed {seed} ({overrides.get('max_steps', 'default')} steps) -> {run_dir}")
+    log(f"training {algo} seed {seed} ({overrides.get('max_steps', 'default')} steps, from {settings.model}) "
+        f"-> {run_dir}")
     train(algo, data, settings.model, run_dir, overrides, env=settings.env)
     eval_cfg = defaults.get("eval", {})
     mode_cfg = eval_cfg.get(algo, {}) if isinstance(eval_cfg.get(algo), dict) else {}
@@ -254,7 +293,13 @@ def write_bench_report(settings: BenchSettings, results: list[EvalResult], out: 
     from qsft.eval.plots import comparison_chart
 
     table = aggregate(results)
-    atomic_write_text(out / "report.md", f"# qsft bench: {settings.env}\n\n" + format_table(settings.env, table))
+    header = f"# qsft bench: {settings.env}\n\n"
+    timing = out / "base" / PRETRAIN_TIME
+    if settings.pretrain_steps and timing.is_file():
+        spent = json.loads(timing.read_text())
+        header += (f"Every method starts from OUT/base: `qsft pretrain` on the same data, {spent['steps']} steps, "
+                   f"{spent['seconds']:.0f} s (not counted in the methods' step budget).\n\n")
+    atomic_write_text(out / "report.md", header + format_table(settings.env, table))
     scores = {(m, settings.env): (row["score"], row["score"] - row["score_ci95"], row["score"] + row["score_ci95"])
               for m, row in table.items()}
     comparison_chart(list(table), [settings.env], scores, out / "report.png", "normalised score")

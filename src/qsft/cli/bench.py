@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     parser.add_argument("--budget", type=int, help="Optimizer steps per method (default: the env's YAML).")
     parser.add_argument("--policy", help="Behavior policy spec for the dataset (default: the env's).")
     parser.add_argument("--data-seed", type=int, default=0, help="Seed of the generated dataset.")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help="`qsft pretrain` steps on the bench's data before the methods, which all start from "
+                             "that base (OUT/base, built once; its time is reported). Default: the env YAML's "
+                             "`pretrain: max_steps`, else none.")
     parser.add_argument("--out", default=None, help="Results folder (default: bench-<env>).")
     parser.add_argument("--jobs", type=int, default=None,
                         help="Runs trained and evaluated at once, in separate processes that share the CPU "
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(env=args.env, algos=[a.strip() for a in args.algos.split(",") if a.strip()],
                              seeds=args.seeds, episodes=args.episodes, eval_episodes=args.eval_episodes,
-                             model=args.model, budget=args.budget, data_seed=args.data_seed, policy=args.policy)
+                             model=args.model, budget=args.budget, data_seed=args.data_seed, policy=args.policy,
+                             pretrain_steps=args.pretrain_steps)
     out = args.out or f"bench-{args.env}"
     results = run_bench(settings, out, jobs=args.jobs if args.jobs is not None else default_jobs(args.model))
     print()
