@@ -162,6 +162,13 @@ def ilql_loss(
                                  action_values(target_q2_logits, input_ids))
     state_v = token_state_values(values)
     loss_v = expectile_loss(state_v, target_q, action_mask, tau)
+    return _with_cql_and_bc(loss_q, loss_v, lm_logits, q1_logits, q2_logits, q1_taken, q2_taken, state_v,
+                            input_ids, action_mask, cql_weight, bc_weight)
+
+
+def _with_cql_and_bc(loss_q, loss_v, lm_logits, q1_logits, q2_logits, q1_taken, q2_taken, state_v, input_ids,
+                     action_mask, cql_weight: float, bc_weight: float) -> ILQLOutput:
+    """loss_q + loss_v + cql_weight * CQL(Q1, Q2) + bc_weight * BC, with the logged means (ILQL and MC alike)."""
     loss_cql = cql_loss(q1_logits, input_ids, action_mask) + cql_loss(q2_logits, input_ids, action_mask)
     loss_bc = behavior_cloning_loss(lm_logits, input_ids, action_mask) if _decisions(action_mask).any() \
         else lm_logits.sum() * 0.0
@@ -211,12 +218,5 @@ def mc_loss(
     loss_q = q_regression_loss(q1_taken, returns, action_mask) + q_regression_loss(q2_taken, returns, action_mask)
     state_v = token_state_values(values)
     loss_v = q_regression_loss(state_v, returns, action_mask)
-    loss_cql = cql_loss(q1_logits, input_ids, action_mask) + cql_loss(q2_logits, input_ids, action_mask)
-    loss_bc = behavior_cloning_loss(lm_logits, input_ids, action_mask) if _decisions(action_mask).any() \
-        else lm_logits.sum() * 0.0
-    loss = loss_q + loss_v + cql_weight * loss_cql + bc_weight * loss_bc
-    with torch.no_grad():
-        decisions = _decisions(action_mask)
-        mean_q = _masked_mean(torch.minimum(q1_taken, q2_taken).float(), decisions).item()
-        mean_v = _masked_mean(state_v.float(), decisions).item()
-    return ILQLOutput(loss, loss_q.item(), loss_v.item(), loss_cql.item(), loss_bc.item(), mean_q, mean_v)
+    return _with_cql_and_bc(loss_q, loss_v, lm_logits, q1_logits, q2_logits, q1_taken, q2_taken, state_v,
+                            input_ids, action_mask, cql_weight, bc_weight)
