@@ -138,7 +138,7 @@ def _pretrained_base(settings: BenchSettings, defaults: dict[str, Any], data: Pa
     if (base / RUN_FILE).is_file():
         log(f"pretrained base: done earlier, reusing {base}")
         return base
-    known = {f.name for f in fields(PretrainConfig)} - {"history_turns", "output_dir"}
+    known = {f.name for f in fields(PretrainConfig)} - {"output_dir"}
     merged = {**defaults.get("train", {}), **defaults.get(PRETRAIN, {}), **settings.overrides}
     overrides = {k: v for k, v in merged.items() if k in known}
     overrides.update(max_steps=settings.pretrain_steps, seed=settings.data_seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
@@ -10,11 +9,10 @@ from transformers import AutoModelForCausalLM
 from qsft.cli import main
 from qsft.data.io import save_episodes
 from qsft.data.tokenize import tokenize_episodes
-from qsft.errors import ConfigError
 from qsft.models.loading import load_model, load_tokenizer
 from qsft.training.config import PretrainConfig
 from qsft.training.data import token_mdp_config
-from qsft.training.pretrain import transcript_lm_loss
+from qsft.training.pretrain import transcript_lm_loss, transition_windows
 from tests.oracle_chain import chain_transitions, random_episodes
 
 COMMON = ["--model_preset", "micro", "--max_length", "32", "--report_to", "none", "--save_strategy", "no",
@@ -72,6 +70,15 @@ def test_pretrain_learns_the_transitions_and_serves_as_base_for_every_method(tmp
         assert load_model(tmp_path / algo).config.n_embd == 64
 
 
-def test_pretrain_rejects_history_windows(tmp_path):
-    with pytest.raises(ConfigError, match="whole transcripts"):
-        PretrainConfig(output_dir=str(tmp_path), report_to="none", history_turns=1)
+def test_history_windows_keep_every_transition():
+    episodes = random_episodes(3, seed=1)
+    windows = transition_windows(episodes, history_turns=1)
+    assert len(windows) == sum(len(ep.agent_turns) for ep in episodes)
+    for window in windows:
+        episode = next(ep for ep in episodes if window.id.startswith(ep.id + "#"))
+        i = int(window.id.split("#")[1])
+        assert window.turns[:2] == episode.turns[i - 1:i + 1]  # the observation and the move
+        if i + 1 < len(episode.turns):
+            assert window.turns[2] == episode.turns[i + 1]  # ... and where the move led
+        else:
+            assert len(window.turns) == 2 and window.done

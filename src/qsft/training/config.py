@@ -66,18 +66,12 @@ class BCConfig(OfflineRLConfig):
 
 @dataclass
 class PretrainConfig(OfflineRLConfig):
-    """Causal-LM training on whole transcripts, every token (domain-adaptive pretraining; `qsft pretrain`).
+    """Causal-LM training on the transcripts, every token (domain-adaptive pretraining; `qsft pretrain`).
 
-    One sequence per episode: the next observation must follow the move in the same sequence for the
-    model to learn the transition, so `history_turns` windows do not apply (an episode longer than
-    max_length keeps its last turns, as everywhere with truncation 'left').
+    Default: one sequence per episode (an episode longer than max_length keeps its last turns). With
+    `history_turns` N: one sequence per agent turn, its last N turns, the move and the observation it
+    leads to (`qsft.training.pretrain.transition_windows`), so long episodes are learnt whole.
     """
-
-    def __post_init__(self) -> None:
-        if self.history_turns is not None:
-            raise ConfigError("pretrain trains on whole transcripts (the next observation after each move): "
-                              "drop history_turns; the methods trained from the result may still use it")
-        super().__post_init__()
 
 
 @dataclass

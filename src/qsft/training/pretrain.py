@@ -12,7 +12,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qsft.data.episode import Episode
 from qsft.training.base import OfflineRLTrainer
+
+
+def transition_windows(episodes: list[Episode], history_turns: int) -> list[Episode]:
+    """Each agent turn as its own short transcript: its last `history_turns` turns of context, the move,
+    and the observation it leads to. With `history_turns` the model still learns every transition, where
+    whole long episodes would be cut to their last `max_length` tokens."""
+    windows = []
+    for episode in episodes:
+        turns = episode.turns
+        for i, turn in enumerate(turns):
+            if turn.role != "agent":
+                continue
+            end = i + 2 if i + 1 < len(turns) and turns[i + 1].role == "env" else i + 1
+            window = turns[max(0, i - history_turns):end]
+            windows.append(Episode(f"{episode.id}#{i}", window, window[-1].role == "agent", dict(episode.meta)))
+    return windows
 
 
 def transcript_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

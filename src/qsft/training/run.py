@@ -75,7 +75,7 @@ from qsft.training.checkpoints import latest_complete_checkpoint
 from qsft.training.config import BCConfig, FilteredBCConfig, PretrainConfig, QSFTConfig
 from qsft.training.data import qsft_dataset, select_top_episodes, sft_dataset
 from qsft.training.ilql import ILQLConfig, MCConfig, train_ilql
-from qsft.training.pretrain import PretrainTrainer
+from qsft.training.pretrain import PretrainTrainer, transition_windows
 from qsft.training.qsft_trainer import QSFTTrainer
 
 RUN_FILE = "qsft.json"
@@ -239,6 +239,8 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
     out.mkdir(parents=True, exist_ok=True)
 
     if algo == PRETRAIN:  # every token of the transcripts; OUT is an ordinary HF model dir for --model
+        if config.history_turns is not None:
+            episodes, config.history_turns = transition_windows(episodes, config.history_turns), None
         base, tokenizer, vision = _base_model_and_tokenizer(model, episodes, config)
         _train_sft(base, tokenizer, episodes, config, out, vision, callbacks, trainer_class=PretrainTrainer)
     elif algo in ("bc", "filtered_bc"):
