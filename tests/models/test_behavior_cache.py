@@ -242,12 +242,15 @@ def test_train_uses_the_cache_by_default_and_refuses_it_with_cotrain(tmp_path):
     from qsft.errors import ConfigError
     from qsft.training.run import RunInfo, train
 
-    options = {"max_steps": 2, "behavior_max_steps": 2, "per_device_train_batch_size": 8, "save_strategy": "no",
+    options = {"max_steps": 8, "behavior_max_steps": 2, "per_device_train_batch_size": 8, "save_strategy": "no",
                "report_to": "none", "use_cpu": True, "model_preset": "micro", "max_length": 48, "history_turns": 1,
                "reward_transform": "success", "gamma": 0.9, "disable_tqdm": True}
     out = train("qsft", random_episodes(10, seed=0), "tiny", tmp_path / "run", options)
     stats = RunInfo.load(out).extra["behavior_cache"]
     assert (out / CACHE_FILE).is_file() and stats["states"] > 0 and stats["max_support_size"] > 0
+    # a run that reads a fraction of an epoch keeps the live behavior pass (the cache would cost more)
+    short = train("qsft", random_episodes(10, seed=0), "tiny", tmp_path / "short", {**options, "max_steps": 1})
+    assert not (short / CACHE_FILE).exists() and "behavior_cache" not in RunInfo.load(short).extra
     with pytest.raises(ConfigError, match="behavior_cache"):
         train("qsft", random_episodes(10, seed=0), "tiny", tmp_path / "co", {**options, "behavior": "cotrain",
                                                                               "behavior_cache": True})

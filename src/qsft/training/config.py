@@ -145,7 +145,8 @@ class QSFTConfig(BootstrappedConfig):
         "help": "Comma-separated module names to adapt (GPT-2: c_attn,c_proj,c_fc), or 'all-linear'."})
     behavior_cache: bool | None = field(default=None, metadata={
         "help": "Compute pi_beta at every next state once (OUT/behavior_cache.safetensors) instead of a behavior "
-                "forward pass per step; default: on for a frozen full-weight behavior model, off otherwise."})
+                "forward pass per step; default: on for a frozen full-weight text behavior model when the run reads "
+                "at least one epoch (max_steps x batch >= samples), off otherwise."})
 
     def __post_init__(self) -> None:
         if self.target_update not in ("polyak", "hard"):

@@ -340,7 +340,7 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
         resize_embeddings(behavior, len(tokenizer))
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, vision=vision)
     support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
-    if config.behavior_cache if config.behavior_cache is not None else (config.behavior != "cotrain" and not vision):
+    if _use_behavior_cache(config, len(dataset), vision is not None):
         dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info, support)
     trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id,
                           data_support=support, data_collator=_collator(tokenizer, vision), callbacks=callbacks)
@@ -353,6 +353,20 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
         trainer.behavior_model.save_pretrained(str(out / "behavior"))
         _save_tokenizer(tokenizer, config, out / "behavior", vision)
     _record_qsft(info, config, variant, dummy_id, report)
+
+
+def _use_behavior_cache(config, samples: int, vision: bool) -> bool:
+    """`--behavior_cache` if given; by default on for a frozen text behavior model when the run reads every
+    sample at least once (the cache computes pi_beta at every next state of the data up front: a run that
+    sees a third of an epoch would spend more on the cache than on the behavior passes it saves)."""
+    if config.behavior_cache is not None:
+        return config.behavior_cache
+    if config.behavior == "cotrain" or vision:
+        return False
+    if config.max_steps is None or config.max_steps <= 0:  # epoch-based: every sample is read
+        return True
+    read = config.max_steps * config.per_device_train_batch_size * config.gradient_accumulation_steps
+    return read * max(1, config.world_size) >= samples
 
 
 def _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id: int | None, out: Path, info: RunInfo,
