@@ -62,3 +62,18 @@ def test_config_key_of_another_algorithm(tmp_path, data, capsys):
     # `gamma` is a Q-SFT field: behavior cloning has no discount, so asking for one is a mistake
     _fails_with_one_line(capsys, ["--algo", "bc", "--data", str(data), "--gamma", "0.9", "--out", str(tmp_path / "run")],
                          "unknown config key", "gamma", "--algo bc")
+
+
+def test_env_yaml_applies_the_train_section_and_the_algorithms_own(tmp_path):
+    """`qsft train --config src/qsft/configs/maze.yaml --algo qsft` gets `train` and then `algos.qsft`."""
+    import argparse
+
+    from qsft.cli.train import collect_overrides
+
+    config = tmp_path / "env.yaml"
+    config.write_text("train:\n  max_steps: 7\n  learning_rate: 0.001\nalgos:\n  qsft:\n    gamma: 0.5\n"
+                      "    learning_rate: 0.003\n  ilql:\n    gamma: 0.7\n")
+    qsft = collect_overrides(argparse.Namespace(config=str(config), algo="qsft", cfg__max_steps=9))
+    assert qsft == {"max_steps": 9, "learning_rate": 0.003, "gamma": 0.5}  # flags win over the file
+    assert collect_overrides(argparse.Namespace(config=str(config), algo="bc")) == {"max_steps": 7,
+                                                                                   "learning_rate": 0.001}

@@ -105,9 +105,13 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"{path}: invalid YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields")
-        section = loaded.get("train", loaded) if isinstance(loaded.get("train"), dict) else loaded
         fields = _config_fields()
-        overrides.update({k: _coerce(fields.get(k), v) for k, v in section.items()})
+        if isinstance(loaded.get("train"), dict):  # an env YAML: `train` for every method, `algos.<algo>` on top
+            sections = [loaded["train"], (loaded.get("algos") or {}).get(args.algo) or {}]
+        else:
+            sections = [loaded]
+        for section in sections:
+            overrides.update({k: _coerce(fields.get(k), v) for k, v in section.items()})
     for key, value in vars(args).items():
         if key.startswith("cfg__"):
             overrides[key[5:]] = value
