@@ -27,10 +27,9 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qsft.data.collate import TokenMDPCollator  # noqa: E402
 from qsft.data.io import save_episodes  # noqa: E402
 from qsft.eval.score import Critic  # noqa: E402
-from qsft.models.loading import bos_token_id, load_model  # noqa: E402
+from qsft.models.loading import load_model  # noqa: E402
 from qsft.training.run import RunInfo, train  # noqa: E402
 from tests.oracle_chain import GAMMA, q_star, random_episodes  # noqa: E402
 
@@ -43,11 +42,9 @@ class QStarProbe(TrainerCallback):
         self.truth, self.curve = q_star(GAMMA), []
 
     def measure(self, model, tokenizer, args) -> tuple[dict, float]:
-        critic = Critic.__new__(Critic)  # the critic of `qsft score`, on the model being trained
-        critic.tokenizer, critic.q_model, critic.behavior_model, critic.device = tokenizer, model, self.behavior, "cpu"
-        critic.layout = RunInfo("qsft", gamma=GAMMA, history_turns=args.history_turns, max_length=args.max_length,
-                                reply_tokens=args.reply_tokens).token_mdp_config(tokenizer)
-        critic.collate = TokenMDPCollator(tokenizer.pad_token_id, bos_token_id(tokenizer))
+        layout = RunInfo("qsft", gamma=GAMMA, history_turns=args.history_turns, max_length=args.max_length,
+                         reply_tokens=args.reply_tokens).token_mdp_config(tokenizer)
+        critic = Critic.from_models(model, self.behavior, tokenizer, layout)  # `qsft score` on the training model
         was_training = model.training
         model.eval()
         with torch.no_grad():

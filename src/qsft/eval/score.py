@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode
 from qsft.data.io import load_episodes
-from qsft.data.tokenize import TokenizedEpisode, tokenize_episodes
+from qsft.data.tokenize import TokenizedEpisode, TokenMDPConfig, tokenize_episodes
 from qsft.decoding.extraction import align_vocab
 from qsft.errors import ConfigError, ModelLoadError
 from qsft.io import atomic_open
@@ -62,12 +62,21 @@ class Critic:
         q_model, behavior_model = load_run_models(run_dir)
         if behavior_model is None:
             raise ModelLoadError(f"{run_dir}/qsft.json names no behavior model")
-        self.tokenizer = load_tokenizer(run_dir)
-        self.q_model = q_model.to(device).eval()
-        self.behavior_model = behavior_model.to(device).eval()
-        self.device = device
-        self.layout = self.info.token_mdp_config(self.tokenizer)
-        self.collate = TokenMDPCollator(self.tokenizer.pad_token_id, bos_token_id(self.tokenizer))
+        tokenizer = load_tokenizer(run_dir)
+        self._use(q_model.to(device).eval(), behavior_model.to(device).eval(), tokenizer,
+                  self.info.token_mdp_config(tokenizer), device)
+
+    @classmethod
+    def from_models(cls, q_model, behavior_model, tokenizer, layout: TokenMDPConfig, device: str = "cpu") -> Critic:
+        """A critic over models in memory (e.g. the Q-model while it trains; used as given, not put in eval mode)."""
+        critic = cls.__new__(cls)
+        critic._use(q_model, behavior_model, tokenizer, layout, device)
+        return critic
+
+    def _use(self, q_model, behavior_model, tokenizer, layout: TokenMDPConfig, device: str) -> None:
+        self.q_model, self.behavior_model, self.tokenizer, self.layout, self.device = (
+            q_model, behavior_model, tokenizer, layout, device)
+        self.collate = TokenMDPCollator(tokenizer.pad_token_id, bos_token_id(tokenizer))
 
     @torch.no_grad()
     def token_values(self, samples: list[TokenizedEpisode]) -> tuple[torch.Tensor, torch.Tensor]:
