@@ -4,52 +4,109 @@ For every free cell of the maze and every move, reads p_theta(a|s) / pi_beta(a|s
 decoder would see there and compares it with Q*(s, a) = gamma ** distance(next cell) (the `success`
 reward transform: 1 on reaching the goal). Prints the mean of both, their correlation, how often the
 greedy move in Q_hat (over moves pi_beta gives > 1%) is a shortest-path move, and how many cells get
-exactly the same outputs as another cell (the model ignoring the position digits).
+exactly the same move probabilities (Q-model and behavior model, the move tokens wherever they sit in
+the vocabulary) as another cell: the model ignoring the position digits.
+
+Score a trained run:
 
     python benchmarks/maze_q_accuracy.py RUN_DIR [--gamma 0.95] [--verbose]
+
+The one-token-per-observation ablation (`--tabular`, issue #17): every distinct observation text is
+added to the tiny tokenizer as one token, so the maze is exactly tabular for a model trained from
+scratch (no representation to learn). Generates `--episodes` LMRL-style episodes, trains BC and then
+Q-SFT with `configs/maze.yaml`'s settings (`--set`/`--bc-set` key=value override them; `--steps`
+sets the Q-SFT budget) and prints the accuracy above every `--eval-every` Q-SFT steps: the curve of
+the fit itself, representation aside.
+
+    python benchmarks/maze_q_accuracy.py --tabular --out /tmp/tab [--steps 4000] [--set bootstrap=max]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import yaml
+from transformers import TrainerCallback
 
-from qsft.data.episode import Turn
-from qsft.data.tokenize import context_ids
-from qsft.decoding.policy import load_policy
-from qsft.envs.maze import MOVES, MazeEnv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qsft.bench import env_defaults  # noqa: E402
+from qsft.data.episode import Turn  # noqa: E402
+from qsft.data.io import load_episodes, save_episodes  # noqa: E402
+from qsft.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
+from qsft.data.tokenize import SegmentEncoder, context_ids  # noqa: E402
+from qsft.envs.generate import generate_episodes  # noqa: E402
+from qsft.envs.maze import MOVES, MazeEnv  # noqa: E402
+from qsft.models.loading import build_tiny_model, load_model  # noqa: E402
+from qsft.training.run import RunInfo, train  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="A Q-SFT run directory trained on `maze`.")
-    parser.add_argument("--gamma", type=float, default=0.95, help="Discount of Q* (use the run's).")
-    parser.add_argument("--verbose", action="store_true", help="Print every (cell, move).")
-    args = parser.parse_args()
+@dataclass
+class Accuracy:
+    cells: int
+    mean_q_hat: float
+    mean_q_star: float
+    corr: float
+    greedy_optimal: int
+    aliased: int
+    rows: list
+    behavior_error: float | None = None  # mean |log pi_beta / data frequency| over moves the data shows > 1%
 
-    policy = load_policy(args.run, "beta", 1.0)
+    def line(self) -> str:
+        fit = "" if self.behavior_error is None else f"  mean |log pi_beta/freq| {self.behavior_error:.3f}"
+        return (f"cells {self.cells}  mean q_hat {self.mean_q_hat:.3f}  mean Q* {self.mean_q_star:.3f}  "
+                f"corr {self.corr:.3f}  greedy-in-q_hat optimal at {self.greedy_optimal}/{self.cells}  "
+                f"cells sharing identical outputs with another cell: {self.aliased}/{self.cells}{fit}")
+
+
+def move_frequencies(episodes) -> dict:
+    """{(observation text, move): share of that observation's turns taking the move} in the data."""
+    counts, totals = {}, {}
+    for ep in episodes:
+        for obs, act in zip(ep.turns, ep.turns[1:]):
+            if obs.role == "env" and act.role == "agent":
+                counts[(obs.text, act.text)] = counts.get((obs.text, act.text), 0) + 1
+                totals[obs.text] = totals.get(obs.text, 0) + 1
+    return {key: n / totals[key[0]] for key, n in counts.items()}
+
+
+def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, frequencies: dict | None = None) -> Accuracy:
+    """Q_hat = p_theta / pi_beta of every move at every non-goal cell, against Q* = gamma ** distance.
+
+    `frequencies` (from `move_frequencies`): also how far pi_beta is from the data's move frequencies,
+    which is where an exactly fitted behavior model would sit in a tabular maze.
+    """
     env = MazeEnv(partially_observed=False)
-    layout, encode, cfg = env.layout, policy.encoder(), policy.token_mdp_config()
-    rows, outputs = [], {}
+    layout, encode = env.layout, SegmentEncoder(tokenizer)
+    move_ids = {move: tokenizer.encode(move, add_special_tokens=False)[0] for move in MOVES}
+    index = torch.tensor(list(move_ids.values()))
+    rows, outputs, behavior_errors = [], {}, []
     for cell in layout.free_cells:
         if cell == layout.goal:
             continue
         env.reset(0)
         env.position = cell
-        ids = torch.tensor([context_ids([Turn("env", env.describe())], encode, cfg)])
+        ids = torch.tensor([context_ids([Turn("env", env.describe())], encode, layout_cfg)])
         with torch.no_grad():
-            log_q = torch.log_softmax(policy.models.model(ids).logits[0, -1].float(), -1)
-            log_b = torch.log_softmax(policy.models.behavior_model(ids).logits[0, -1].float(), -1)[: log_q.shape[0]]
-        outputs[cell] = tuple(round(float(v), 4) for v in log_q.exp()[:64])
-        for move in MOVES:
-            token = policy.tokenizer.encode(move, add_special_tokens=False)[0]
+            log_q = torch.log_softmax(q_model(ids).logits[0, -1].float(), -1)
+            log_b = torch.log_softmax(behavior_model(ids).logits[0, -1].float(), -1)[: log_q.shape[0]]
+        outputs[cell] = tuple(round(float(v), 4) for v in torch.cat([log_q[index].exp(), log_b[index].exp()]))
+        for move, token in move_ids.items():
+            share = (frequencies or {}).get((env.describe(), move), 0.0)
+            if share > 0.01:
+                behavior_errors.append(abs(float(log_b[token]) - math.log(share)))
             nxt = layout.move(cell, move)
             rows.append((cell, move, float((log_q[token] - log_b[token]).exp()), float(log_b[token].exp()),
-                         args.gamma ** layout.distance[nxt], layout.distance[cell], layout.distance[nxt]))
+                         gamma ** layout.distance[nxt], layout.distance[cell], layout.distance[nxt]))
     q_hat, q_star = [r[2] for r in rows], [r[4] for r in rows]
-    cells = {r[0] for r in rows}
+    cells = sorted({r[0] for r in rows})
     greedy_ok = 0
     for cell in cells:
         here = [r for r in rows if r[0] == cell]
@@ -57,12 +114,114 @@ def main() -> None:
         best = max(supported, key=lambda r: r[2])
         greedy_ok += best[6] < best[5]
     aliased = sum(1 for c in cells if sum(outputs[c] == outputs[o] for o in cells) > 1)
-    print(f"cells {len(cells)}  mean q_hat {statistics.fmean(q_hat):.3f}  mean Q* {statistics.fmean(q_star):.3f}  "
-          f"corr {statistics.correlation(q_hat, q_star):.3f}  greedy-in-q_hat optimal at {greedy_ok}/{len(cells)}  "
-          f"cells sharing identical outputs with another cell: {aliased}/{len(cells)}")
-    if args.verbose:
-        for cell, move, qh, pi, qs, _, _ in rows:
+    corr = statistics.correlation(q_hat, q_star) if len(set(q_hat)) > 1 else 0.0
+    return Accuracy(len(cells), statistics.fmean(q_hat), statistics.fmean(q_star), corr, greedy_ok, aliased, rows,
+                    statistics.fmean(behavior_errors) if behavior_errors else None)
+
+
+def score_run(run: str, gamma: float, verbose: bool) -> None:
+    from qsft.decoding.policy import load_policy
+
+    policy = load_policy(run, "beta", 1.0)
+    result = measure(policy.models.model, policy.models.behavior_model, policy.tokenizer,
+                     policy.token_mdp_config(), gamma)
+    print(result.line())
+    if verbose:
+        for cell, move, qh, pi, qs, _, _ in result.rows:
             print(f"{cell} {move:<10} q_hat {qh:.3f}  pi_beta {pi:.3f}  Q* {qs:.3f}")
+
+
+class AccuracyProbe(TrainerCallback):
+    """Every `every` Q-SFT steps (and at the end): `measure` on the training model."""
+
+    def __init__(self, behavior_model, gamma: float, every: int, frequencies: dict | None = None) -> None:
+        self.behavior, self.gamma, self.every, self.curve = behavior_model.eval(), gamma, every, []
+        self.frequencies = frequencies
+        self.start = time.time()
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        layout = RunInfo("qsft", gamma=self.gamma, history_turns=args.history_turns, max_length=args.max_length,
+                         reply_tokens=args.reply_tokens).token_mdp_config(processing_class)
+        was_training = model.training
+        model.eval()
+        result = measure(model, self.behavior, processing_class, layout, self.gamma, self.frequencies)
+        model.train(was_training)
+        self.curve.append((state.global_step, result))
+        print(f"\nstep {state.global_step:5d} ({time.time() - self.start:4.0f} s)  {result.line()}", flush=True)
+
+
+def parse_sets(items: list[str]) -> dict:
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
+def tabular_base(episodes, out: Path, config: dict) -> Path:
+    """A from-scratch tiny model whose tokenizer holds every observation text as one token."""
+    texts = [t.text for ep in episodes for t in ep.turns]
+    actions = [t.text for ep in episodes for t in ep.agent_turns]
+    tokenizer = build_tiny_tokenizer(texts, action_texts=actions)
+    observations = sorted({t.text for ep in episodes for t in ep.turns if t.role == "env"})
+    tokenizer.add_tokens(observations)
+    for text in observations[:3]:
+        assert len(tokenizer.encode(text, add_special_tokens=False)) == 1, text
+    model = build_tiny_model(tokenizer, config.get("model_preset", "tiny"), max(64, config["max_length"]), seed=0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"tabular base: {len(observations)} observation tokens, vocabulary {len(tokenizer)}")
+    return out
+
+
+def run_tabular(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    defaults = env_defaults("maze")
+    common = {k: v for k, v in defaults["train"].items() if k not in ("model_preset", "action_tokens")}
+    qsft = {**common, **defaults["algos"]["qsft"], "max_steps": args.steps, **parse_sets(args.set)}
+    gamma = float(qsft.get("gamma", 0.95))
+    data = out / "maze.jsonl"
+    if not data.is_file():
+        save_episodes(data, generate_episodes("maze", defaults["data"]["policy"], args.episodes, args.data_seed))
+    episodes_path = str(data)
+    episodes = load_episodes(data)
+    base = out / "base"
+    if not (base / "config.json").is_file():
+        tabular_base(episodes, base, defaults["train"])
+    bc_dir = out / args.bc_name
+    if not (bc_dir / "qsft.json").is_file():
+        start = time.time()
+        train("bc", episodes_path, str(base), bc_dir, {**common, **parse_sets(args.bc_set)})
+        print(f"bc: {time.time() - start:.0f} s", flush=True)
+    probe = AccuracyProbe(load_model(bc_dir), gamma, args.eval_every, move_frequencies(episodes))
+    start = time.time()
+    train("qsft", episodes_path, str(base), out / args.name, {**qsft, "behavior": str(bc_dir)}, callbacks=[probe])
+    print(f"qsft: {time.time() - start:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", help="A Q-SFT run directory trained on `maze` (score it).")
+    parser.add_argument("--gamma", type=float, default=0.95, help="Discount of Q* (use the run's).")
+    parser.add_argument("--verbose", action="store_true", help="Print every (cell, move).")
+    parser.add_argument("--tabular", action="store_true", help="Train the one-token-per-observation ablation.")
+    parser.add_argument("--out", help="--tabular: folder for data, base model and runs (reused when present).")
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=800, help="--tabular: Q-SFT steps.")
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--set", nargs="*", default=[], help="--tabular: Q-SFT settings as key=value.")
+    parser.add_argument("--bc-set", nargs="*", default=[], help="--tabular: BC settings as key=value.")
+    parser.add_argument("--name", default="qsft", help="--tabular: Q-SFT run folder under --out.")
+    parser.add_argument("--bc-name", default="bc", help="--tabular: BC run folder under --out (reused).")
+    args = parser.parse_args()
+    if args.tabular:
+        if not args.out:
+            parser.error("--tabular needs --out")
+        run_tabular(args)
+    elif args.run:
+        score_run(args.run, args.gamma, args.verbose)
+    else:
+        parser.error("give a RUN_DIR or --tabular --out DIR")
 
 
 if __name__ == "__main__":
