@@ -135,7 +135,8 @@ class AccuracyProbe(TrainerCallback):
     """Every `every` Q-SFT steps (and at the end): `measure` on the training model."""
 
     def __init__(self, behavior_model, gamma: float, every: int, frequencies: dict | None = None) -> None:
-        self.behavior, self.gamma, self.every, self.curve = behavior_model.eval(), gamma, every, []
+        # None: a co-trained behavior model, read from the running QSFTTrainer at each measurement
+        self.behavior, self.gamma, self.every, self.curve = behavior_model, gamma, every, []
         self.frequencies = frequencies
         self.start = time.time()
 
@@ -144,12 +145,25 @@ class AccuracyProbe(TrainerCallback):
             return
         layout = RunInfo("qsft", gamma=self.gamma, history_turns=args.history_turns, max_length=args.max_length,
                          reply_tokens=args.reply_tokens).token_mdp_config(processing_class)
-        was_training = model.training
-        model.eval()
-        result = measure(model, self.behavior, processing_class, layout, self.gamma, self.frequencies)
-        model.train(was_training)
+        behavior = self.behavior if self.behavior is not None else _running_trainer().behavior_model
+        modes = model.training, behavior.training
+        model.eval(), behavior.eval()
+        result = measure(model, behavior, processing_class, layout, self.gamma, self.frequencies)
+        model.train(modes[0]), behavior.train(modes[1])
         self.curve.append((state.global_step, result))
         print(f"\nstep {state.global_step:5d} ({time.time() - self.start:4.0f} s)  {result.line()}", flush=True)
+
+
+def _running_trainer():
+    """The QSFTTrainer whose training loop called the probe (callbacks are not handed the trainer)."""
+    from qsft.training.qsft_trainer import QSFTTrainer
+
+    frame = sys._getframe()
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), QSFTTrainer):
+            return frame.f_locals["self"]
+        frame = frame.f_back
+    raise RuntimeError("no QSFTTrainer on the call stack")
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -188,13 +202,15 @@ def run_tabular(args) -> None:
     if not (base / "config.json").is_file():
         tabular_base(episodes, base, defaults["train"])
     bc_dir = out / args.bc_name
-    if not (bc_dir / "qsft.json").is_file():
+    if not (bc_dir / "qsft.json").is_file() and qsft.get("behavior") != "cotrain":
         start = time.time()
         train("bc", episodes_path, str(base), bc_dir, {**common, **parse_sets(args.bc_set)})
         print(f"bc: {time.time() - start:.0f} s", flush=True)
-    probe = AccuracyProbe(load_model(bc_dir), gamma, args.eval_every, move_frequencies(episodes))
+    qsft.setdefault("behavior", str(bc_dir))
+    frozen = qsft["behavior"] != "cotrain"
+    probe = AccuracyProbe(load_model(bc_dir) if frozen else None, gamma, args.eval_every, move_frequencies(episodes))
     start = time.time()
-    train("qsft", episodes_path, str(base), out / args.name, {**qsft, "behavior": str(bc_dir)}, callbacks=[probe])
+    train("qsft", episodes_path, str(base), out / args.name, qsft, callbacks=[probe])
     print(f"qsft: {time.time() - start:.0f} s")
 
 

@@ -72,3 +72,22 @@ def test_callbacks_reach_the_trainer_of_the_algorithm(tmp_path):
                 {**overrides, "behavior_max_steps": 2, "reward_transform": "success", "gamma": 0.9}, callbacks=[seen])
     assert seen.steps == [1, 2, 3] and len(seen.models) == 1  # three Q-SFT steps; the 2 behavior steps unseen
     assert (out / "behavior").is_dir()
+
+
+def test_a_cotrained_behavior_is_the_bc_model_trained_alone(tmp_path):
+    """`--behavior cotrain` adds the SFT loss of a second model to the Q-SFT step: on the same batches, with the
+    same optimizer settings and no gradient clipping, the behavior model must end exactly where `--algo bc`
+    ends (a reference run). Catches gradients that outlive their step (the Trainer zeroes the Q-model's only)."""
+    from qsft.training.run import train
+
+    episodes = random_episodes(30)
+    common = {"model_preset": "micro", "history_turns": 1, "max_length": 32, "report_to": "none",
+              "per_device_train_batch_size": 8, "max_steps": 12, "save_strategy": "no", "disable_tqdm": True,
+              "use_cpu": True, "learning_rate": 3e-3, "lr_scheduler_type": "linear", "max_grad_norm": 0.0}
+    train("bc", episodes, "tiny", tmp_path / "bc", common)
+    train("qsft", episodes, "tiny", tmp_path / "co", {**common, "behavior": "cotrain", "reward_transform": "success",
+                                                        "gamma": 0.9, "behavior_cache": False})
+    reference, cotrained = _weights(load_model(tmp_path / "bc")), _weights(load_model(tmp_path / "co" / "behavior"))
+    start = _weights(build_tiny_model(load_tokenizer(tmp_path / "bc"), "micro", 64, seed=42))
+    assert not torch.allclose(reference, start)
+    torch.testing.assert_close(cotrained, reference, atol=1e-5, rtol=1e-4)

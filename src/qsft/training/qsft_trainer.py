@@ -49,6 +49,9 @@ class TargetUpdateCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.cotrain:  # the Trainer zeroes the Q-model's gradients only: without this the
+            # co-trained behavior model's would add up over every step (and its SFT diverge)
+            self.trainer.behavior_model.zero_grad(set_to_none=True)
         target, source = self.trainer.target_and_q_parameters()
         if args.target_update == "polyak":
             polyak_update(target, source, args.tau, generator=self.trainer.rounding)
