@@ -233,3 +233,69 @@ def test_qsft_loss_composes_the_reference_pieces(variant):
                 y[b, t] = min(max(float(reward[b, t]) + 0.9 * boot, 0.0), 1.0)
     ref = _reference_loss(logits, input_ids, y, action_mask, variant).mean()
     assert math.isclose(float(out.loss), float(ref), rel_tol=1e-5)
+
+
+def _reference_support_label(target_row, behavior_row, action, y, threshold):
+    """The support variant's label, token by token (docs/algorithm.md §2a)."""
+    pi, pt = torch.softmax(behavior_row.double(), -1), torch.softmax(target_row.double(), -1)
+    label = [0.0] * V
+    for v in range(V):
+        if v != DUMMY and v != action and pi[v] > threshold:
+            label[v] = float(pt[v])
+    label[action] = float(pi[action]) * y
+    total = sum(label)
+    if total > 1:
+        label = [x / total for x in label]
+    label[DUMMY] = max(0.0, 1.0 - total)
+    return torch.tensor(label)
+
+
+def test_support_variant_loss_matches_a_loop_over_tokens_value_and_gradient():
+    logits, input_ids, _, action_mask = _random_batch(4)
+    g = torch.Generator().manual_seed(7)
+    target_logits = torch.randn(logits.shape, generator=g) * 2
+    behavior_logits = torch.randn(logits.shape, generator=g) * 2
+    behavior_logits[0, :, 3] = -30.0  # a token far outside the support in every state of row 0
+    B, T = input_ids.shape
+    nsi = torch.where(action_mask, torch.arange(T).expand(B, T) % (T - 1), torch.full((B, T), -1))
+    reward = torch.rand(B, T, generator=g) * 0.3
+    discount = torch.full((B, T), 0.9)
+    logits = logits.clone().requires_grad_(True)
+    out = qsft_loss(logits, target_logits, behavior_logits, input_ids, action_mask, reward, discount, nsi,
+                    variant="support", dummy_token_id=DUMMY, support_threshold=0.02)
+    out.loss.backward()
+    losses, ref_logits = [], logits.detach().clone().requires_grad_(True)
+    for b in range(B):
+        for t in range(1, T):
+            if not action_mask[b, t]:
+                continue
+            j = int(nsi[b, t])
+            boot = 0.0 if j < 0 else _reference_max_ratio(target_logits[b, j], behavior_logits[b, j], 0.02, DUMMY)
+            y = min(max(float(reward[b, t]) + 0.9 * boot, 0.0), 1.0)
+            label = _reference_support_label(target_logits[b, t - 1], behavior_logits[b, t - 1],
+                                              int(input_ids[b, t]), y, 0.02)
+            assert abs(float(label.sum()) - 1.0) < 1e-6
+            losses.append(-(label.float() * torch.log_softmax(ref_logits[b, t - 1], -1)).sum())
+    ref = torch.stack(losses).mean()
+    ref.backward()
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    torch.testing.assert_close(logits.grad, ref_logits.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_support_label_is_stationary_at_pi_beta_times_y_whatever_the_data_frequencies():
+    """E over a ~ pi_hat of the label equals p wherever p = pi_beta * y (the fixed point the variant is built for)."""
+    from qsft.algorithms.qsft import support_soft_labels
+
+    g = torch.Generator().manual_seed(3)
+    behavior = torch.randn(1, V, generator=g)
+    y = torch.tensor([0.9, 0.5, 0.7, 0.2, 1.0, 0.3, 0.6, 0.8, 0.4, 0.1, 0.0])
+    pi = torch.softmax(behavior, -1)[0]
+    p = pi * y
+    p[DUMMY] = 1 - p.sum()
+    target = p.log()[None]  # a target network that already holds the fixed point
+    pi_hat = torch.softmax(torch.randn(V, generator=g) * 2, -1)  # data frequencies unlike pi_beta
+    pi_hat[DUMMY] = 0
+    pi_hat = pi_hat / pi_hat.sum()
+    expected = sum(pi_hat[a] * support_soft_labels(target, behavior, torch.tensor([a]), y[a:a + 1], DUMMY, 0.0)[0]
+                   for a in range(V) if a != DUMMY)
+    torch.testing.assert_close(expected, p, atol=1e-6, rtol=0)

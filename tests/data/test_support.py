@@ -50,14 +50,14 @@ def test_cache_equals_live_under_data_support(tmp_path):
     batch = collate(dataset.samples[:8])
     with torch.no_grad():
         trainer.data_support = None
-        plain, plain_external, _ = trainer.bootstrap_values(batch)
+        plain, plain_external, _, _ = trainer.bootstrap_values(batch)
         trainer.data_support = support
-        live, live_external, _ = trainer.bootstrap_values(batch)
+        live, live_external, _, _ = trainer.bootstrap_values(batch)
     cache = build_behavior_cache(trainer.behavior_model, dataset.samples, 0.02, exclude_token_id=dummy,
                                  pad_token_id=tokenizer.pad_token_id, data_support=support)
     cached_batch = collate([BehaviorCachedDataset(dataset.samples, cache)[i] for i in range(8)])
     with torch.no_grad():
-        cached, cached_external, _ = trainer.bootstrap_values(cached_batch)
+        cached, cached_external, _, _ = trainer.bootstrap_values(cached_batch)
     nsi = batch["next_state_index"]
     read = nsi >= 0
     torch.testing.assert_close(cached.gather(1, nsi.clamp(min=0))[read], live.gather(1, nsi.clamp(min=0))[read])

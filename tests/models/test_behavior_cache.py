@@ -72,7 +72,7 @@ def trainer_targets(trainer, batch):
     from qsft.algorithms.qsft import bellman_targets
 
     with torch.no_grad():
-        values, external, _ = trainer.bootstrap_values(batch)
+        values, external, _, _ = trainer.bootstrap_values(batch)
     return bellman_targets(values, batch["reward"], batch["discount"], batch["next_state_index"],
                            batch["action_mask"], external)[0]
 
@@ -87,8 +87,8 @@ def _assert_cached_equals_live(trainer, tokenizer, samples, cache, dummy, histor
         live_batch = collate([samples[i] for i in chunk])
         cached_batch = collate([cached[i] for i in chunk])
         with torch.no_grad():
-            live_values, live_external, live_logprobs = trainer.bootstrap_values(live_batch)
-            cached_values, cached_external, cached_logprobs = trainer.bootstrap_values(cached_batch)
+            live_values, live_external, live_logprobs, _ = trainer.bootstrap_values(live_batch)
+            cached_values, cached_external, cached_logprobs, _ = trainer.bootstrap_values(cached_batch)
         nsi = live_batch["next_state_index"]
         read = live_values.gather(1, nsi.clamp(min=0))[nsi >= 0]  # the values the targets read
         torch.testing.assert_close(cached_values.gather(1, nsi.clamp(min=0))[nsi >= 0], read, atol=1e-5, rtol=1e-5)

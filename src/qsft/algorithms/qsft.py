@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSS_VARIANTS = ("uniform", "dummy")
+LOSS_VARIANTS = ("uniform", "dummy", "support")
+DUMMY_VARIANTS = ("dummy", "support")  # the variants whose leftover mass goes to a reserved token
 EXTERNAL_NEXT_STATE = -2  # same code as qsft.data.tokenize (algorithms/ imports torch only)
 NEG_INF = float("-inf")
 
@@ -228,8 +229,8 @@ def weighted_cross_entropy(
     """uniform: -[y log p(a|s) + (1-y)/(V-1) sum_{a'!=a} log p(a'|s)];  dummy: -[y log p(a|s) + (1-y) log p(d|s)]."""
     if variant not in LOSS_VARIANTS:
         raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {variant!r}")
-    if variant == "dummy" and dummy_token_id is None:
-        raise ValueError("the dummy variant needs dummy_token_id")
+    if variant != "uniform" and dummy_token_id is None:
+        raise ValueError(f"the {variant} variant needs dummy_token_id")
     batch, length, _ = logits.shape
     decisions = action_mask[:, 1:].bool()  # token t >= 1 decided at logits position t - 1
     b_idx, p_idx = decisions.nonzero(as_tuple=True)
@@ -237,6 +238,50 @@ def weighted_cross_entropy(
     actions = input_ids[:, 1:][decisions]
     y = targets[:, 1:][decisions].detach().float()
     return _WeightedCrossEntropy.apply(logits, row_index, actions, y, variant, dummy_token_id, chunk_size)
+
+
+def support_soft_labels(
+    target_rows: torch.Tensor,  # [n, V] p_target logits at each decision (no grad)
+    behavior_rows: torch.Tensor,  # [n, V] pi_beta logits at the same rows
+    actions: torch.Tensor,  # [n] the data's token at each decision
+    targets: torch.Tensor,  # [n] its Bellman target y
+    dummy_token_id: int,
+    support_threshold: float = 1e-4,
+    allowed: torch.Tensor | None = None,  # [n, V] bool: a further restriction of the support
+) -> torch.Tensor:  # [n, V] a distribution per row
+    """The soft label of the `support` variant (qsft's variance-reduced dummy variant, docs/algorithm.md §2a).
+
+    The dummy variant's label is y on the taken token a and 1 - y on the dummy token, so p_theta(a|s)
+    converges to pi_hat(a|s) * y: the data's frequency of a, which the Q-value then divides by the *model*
+    pi_beta. Every mismatch pi_hat / pi_beta (an unconverged or noisy behavior model) lands in Q_hat, and
+    the label jumps between y and 0 with each sampled action. The support label instead puts
+        pi_beta(a|s) * y                on the taken token a,
+        p_target(a'|s)                   on every other token a' of the support S(s) (keep its current value),
+        the remainder                    on the dummy token (0 elsewhere),
+    rescaled to sum to 1 when the first two exceed it. Its expectation over a ~ pi_hat is stationary at
+    p_theta(a|s) = pi_beta(a|s) * y(s, a) for every action the data shows, whatever pi_hat is: Q_hat = y.
+    """
+    behavior_logp = F.log_softmax(behavior_rows.float(), dim=-1)
+    labels = F.softmax(target_rows.float(), dim=-1)
+    outside = behavior_logp <= torch.log(torch.tensor(support_threshold, dtype=torch.float32))
+    if allowed is not None:
+        outside |= ~allowed[:, :labels.shape[-1]].to(outside.device)
+    outside[:, dummy_token_id] = True
+    labels = labels.masked_fill(outside, 0.0)
+    taken = behavior_logp.gather(1, actions[:, None])[:, 0].exp() * targets.float()
+    labels.scatter_(1, actions[:, None], taken[:, None])
+    total = labels.sum(-1)
+    labels = labels / total.clamp_min(1.0)[:, None]
+    labels[:, dummy_token_id] = (1.0 - total).clamp_min(0.0)
+    return labels
+
+
+def soft_label_cross_entropy(
+    q_rows: torch.Tensor,  # [n, V] Q-model logits at the decisions (with grad)
+    labels: torch.Tensor,  # [n, V] distributions (no grad)
+) -> torch.Tensor:  # [n]
+    """-sum_v labels[v] log p_theta(v|s) per row."""
+    return -(labels * F.log_softmax(q_rows.float(), dim=-1)).sum(-1)
 
 
 def behavior_cloning_loss(
@@ -302,7 +347,7 @@ def qsft_loss(
     expectile: float = 0.9,
 ) -> QSFTOutput:
     """The Q-SFT objective: Bellman targets from p_target / pi_beta, then the weighted cross-entropy."""
-    exclude = dummy_token_id if variant == "dummy" else None
+    exclude = dummy_token_id if variant in DUMMY_VARIANTS else None
     with torch.no_grad():
         state_values = max_ratio_dense(target_logits, behavior_logits, support_threshold, exclude,
                                        operator=operator, expectile=expectile)  # [B, T]
@@ -311,8 +356,11 @@ def qsft_loss(
             external = max_ratio_dense(next_target_logits, next_behavior_logits, support_threshold, exclude,
                                        operator=operator, expectile=expectile)
         behavior_action_logprobs = action_logprobs(behavior_logits, input_ids)
+    decisions = action_mask[:, 1:].bool()
     return qsft_loss_from_values(q_logits, state_values, behavior_action_logprobs, input_ids, action_mask, reward,
-                                 discount, next_state_index, external, variant, dummy_token_id)
+                                 discount, next_state_index, external, variant, dummy_token_id,
+                                 target_logits[:, :-1][decisions], behavior_logits[:, :-1][decisions],
+                                 support_threshold)
 
 
 def qsft_loss_from_values(
@@ -327,8 +375,15 @@ def qsft_loss_from_values(
     external_values: torch.Tensor | None = None,  # [B] V at the end of next_input_ids (window mode)
     variant: str = "uniform",
     dummy_token_id: int | None = None,
+    decision_target_logits: torch.Tensor | None = None,  # [N, V] p_target at the decisions (support variant)
+    decision_behavior_logits: torch.Tensor | None = None,  # [N, V] pi_beta at the decisions (support variant)
+    support_threshold: float = 1e-4,
+    decision_allowed: torch.Tensor | None = None,  # [N, V] bool (support variant, --support data)
 ) -> QSFTOutput:
-    """`qsft_loss` from state values computed elsewhere (only at the states, or from the behavior cache)."""
+    """`qsft_loss` from state values computed elsewhere (only at the states, or from the behavior cache).
+
+    The decision rows (N agent tokens, row-major (b, t) order) are needed by the `support` variant only.
+    """
     with torch.no_grad():
         targets, stats = bellman_targets(state_values, reward, discount, next_state_index, action_mask,
                                          external_values)
@@ -342,6 +397,16 @@ def qsft_loss_from_values(
             q_logprobs[c:c + 256] = rows.gather(1, actions[c:c + 256, None])[:, 0] - torch.logsumexp(rows, -1)
         ratio = (q_logprobs - behavior_action_logprobs[:, 1:][decisions].float()).exp()
         mean_q_hat = ratio.mean().item() if ratio.numel() else 0.0
-    per_token = weighted_cross_entropy(q_logits, input_ids, targets, action_mask, variant, dummy_token_id)
+    if variant == "support":
+        if decision_target_logits is None or decision_behavior_logits is None or dummy_token_id is None:
+            raise ValueError("the support variant needs the target and behavior logits at the decisions and the "
+                             "dummy token id")
+        with torch.no_grad():
+            labels = support_soft_labels(decision_target_logits, decision_behavior_logits, actions,
+                                         targets[:, 1:][decisions], dummy_token_id, support_threshold,
+                                         decision_allowed)
+        per_token = soft_label_cross_entropy(q_logits[:, :-1][decisions], labels)
+    else:
+        per_token = weighted_cross_entropy(q_logits, input_ids, targets, action_mask, variant, dummy_token_id)
     loss = per_token.mean() if per_token.numel() else q_logits.sum() * 0.0
     return QSFTOutput(loss, targets, stats, mean_q_hat)

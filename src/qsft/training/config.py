@@ -126,8 +126,10 @@ class QSFTConfig(BootstrappedConfig):
     expectile: float = field(default=0.9, metadata={
         "help": "With --bootstrap expectile: tau in (0, 1]; 1 is the max, 0.5 the behavior's mean (SARSA)."})
     loss_variant: str = field(default="dummy", metadata={
-        "help": "'dummy' (default: a reserved token takes 1 - y; unbiased) or 'uniform' (paper Eq. 3; biased upward "
-                "by up to (1 - E[Q]) / ((V - 1) support_threshold), see docs/algorithm.md)."})
+        "help": "'dummy' (default: a reserved token takes 1 - y; unbiased), 'support' (the dummy variant whose label "
+                "also keeps the target's probabilities on the other supported tokens: Q_hat no longer inherits the "
+                "behavior model's fit errors, and the label noise vanishes at the fixed point; docs/algorithm.md "
+                "§2a) or 'uniform' (paper Eq. 3; biased upward by up to (1 - E[Q]) / ((V - 1) support_threshold))."})
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
     behavior: str | None = field(default=None, metadata={
         "help": "Behavior model: a trained model dir (frozen), 'cotrain', or empty to train it first by SFT."})
@@ -172,6 +174,9 @@ class QSFTConfig(BootstrappedConfig):
         if self.lora and self.behavior == "cotrain":
             raise ConfigError("lora cannot co-train the behavior model: leave --behavior empty (trained first) "
                               "or give a behavior adapter directory")
+        if self.behavior_cache and self.loss_variant == "support":
+            raise ConfigError("loss_variant 'support' reads pi_beta at every decision, which the behavior cache "
+                              "does not hold: set behavior_cache false")
         if self.behavior_cache and (self.lora or self.behavior == "cotrain"):
             raise ConfigError("behavior_cache needs a frozen full-weight behavior model: not with lora or "
                               "behavior 'cotrain'")

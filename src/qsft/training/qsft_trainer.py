@@ -19,6 +19,7 @@ from safetensors.torch import load_model, save_model
 from transformers import TrainerCallback
 
 from qsft.algorithms.qsft import (
+    DUMMY_VARIANTS,
     behavior_cloning_loss,
     max_ratio_dense,
     max_ratio_sparse,
@@ -80,8 +81,8 @@ class QSFTTrainer(OfflineRLTrainer):
             raise ConfigError("behavior 'cotrain' is not available with --lora: train the behavior adapter first")
         super().__init__(model, args, train_dataset, processing_class, **kwargs)
         self.loss_variant = args.loss_variant
-        if self.loss_variant == "dummy" and dummy_token_id is None:
-            raise ConfigError("loss_variant 'dummy' needs the reserved token's id: add it with "
+        if self.loss_variant in DUMMY_VARIANTS and dummy_token_id is None:
+            raise ConfigError(f"loss_variant {self.loss_variant!r} needs the reserved token's id: add it with "
                               "qsft.models.loading.ensure_dummy_token and pass dummy_token_id (or choose 'uniform')")
         self.dummy_token_id = dummy_token_id
         self.data_support = data_support  # `--support data`: the agent tokens the data shows after each token
@@ -130,11 +131,12 @@ class QSFTTrainer(OfflineRLTrainer):
         # no-grad passes first: with LoRA they switch the shared model's adapter, and the Q-model's
         # graph is then built last, with nothing changed underneath it before backward
         with torch.no_grad():
-            state_values, external, behavior_logprobs = self.bootstrap_values(inputs, behavior_live)
+            state_values, external, behavior_logprobs, decision_rows = self.bootstrap_values(inputs, behavior_live)
         q_logits = self.logits(model, ids, attention, pixels)  # [B, T, V]
         out = qsft_loss_from_values(q_logits, state_values, behavior_logprobs, ids, inputs["action_mask"],
                                     inputs["reward"], inputs["discount"], inputs["next_state_index"], external,
-                                    variant=self.loss_variant, dummy_token_id=self.dummy_token_id)
+                                    variant=self.loss_variant, dummy_token_id=self.dummy_token_id,
+                                    support_threshold=self.args.support_threshold, **decision_rows)
         loss = out.loss
         self.record("loss/q", out.loss.item())
         if loss_behavior is not None:
@@ -150,7 +152,8 @@ class QSFTTrainer(OfflineRLTrainer):
 
     def bootstrap_values(self, inputs, behavior_live: torch.Tensor | None = None):
         """V(s') where the targets read it: ([B, T] at in-sequence states, [B] or None at `next_input_ids`,
-        [B, T] log pi_beta of each token for the q_hat diagnostic).
+        [B, T] log pi_beta of each token for the q_hat diagnostic, and for the `support` variant the
+        target and behavior logits at the decisions as keyword arguments of `qsft_loss_from_values`).
 
         Only the state (and decision) rows go through the LM heads (`logits_to_keep`), so no [B, T, V]
         target or behavior tensor exists; with the behavior cache in the batch there is no behavior pass.
@@ -161,10 +164,11 @@ class QSFTTrainer(OfflineRLTrainer):
                                              for x in (pixels, next_pixels))
         operator = {"operator": self.args.bootstrap, "expectile": self.args.expectile}
         threshold = self.args.support_threshold
-        exclude = self.dummy_token_id if self.loss_variant == "dummy" else None
+        exclude = self.dummy_token_id if self.loss_variant in DUMMY_VARIANTS else None
         nsi = inputs["next_state_index"]
         states = torch.zeros_like(nsi, dtype=torch.bool).scatter_(1, nsi.clamp(min=0), nsi >= 0)  # [B, T]
         values = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        decision_rows: dict[str, torch.Tensor] = {}
         cached = "behavior_support_ids" in inputs
         if cached:
             index = inputs["behavior_state_index"]  # [B, S] sorted positions, -1 padding
@@ -185,11 +189,19 @@ class QSFTTrainer(OfflineRLTrainer):
             decisions = torch.zeros_like(states)
             decisions[:, :-1] = inputs["action_mask"][:, 1:].bool()  # token t is decided at position t - 1
             keep = states | decisions  # the behavior also at decisions (q_hat); the target at states only
-            target = logits_at(self.target_model, ids, attention, states, target_pixels)
+            support_label = self.loss_variant == "support"  # ... or at decisions too, for the soft labels
+            target = logits_at(self.target_model, ids, attention, keep if support_label else states, target_pixels)
             if behavior_live is not None:
                 behavior = behavior_live.detach()[keep]
             else:
                 behavior = logits_at(self.behavior_model, ids, attention, keep, pixels)
+            if support_label:
+                at_decisions = decisions[keep]
+                decision_rows = {"decision_target_logits": target[at_decisions],
+                                 "decision_behavior_logits": behavior[at_decisions]}
+                if self.data_support is not None:
+                    decision_rows["decision_allowed"] = self.data_support.allowed(ids[decisions], target.shape[-1])
+                target = target[states[keep]]
             allowed = None if self.data_support is None else self.data_support.allowed(ids[states], target.shape[-1])
             values[states] = max_ratio_dense(target, behavior[states[keep]], threshold, exclude,
                                              chunk_size=ROW_CHUNK, allowed=allowed, **operator)
@@ -216,7 +228,7 @@ class QSFTTrainer(OfflineRLTrainer):
                                                                                            next_target.shape[-1])
                 external = max_ratio_dense(next_target, next_behavior, threshold, exclude, allowed=allowed,
                                            **operator)
-        return values, external, behavior_logprobs
+        return values, external, behavior_logprobs, decision_rows
 
     # --- the target (and a co-trained behavior) model travel inside every checkpoint ---
     def _save_checkpoint(self, model, trial):

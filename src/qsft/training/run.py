@@ -33,6 +33,7 @@ from typing import Any
 from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 
+from qsft.algorithms.qsft import DUMMY_VARIANTS
 from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode
 from qsft.data.images import VisionInputs, has_images, load_image
@@ -335,7 +336,7 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
 
     variant = _loss_variant(config, len(tokenizer))
     dummy_id = None
-    if variant == "dummy":
+    if variant in DUMMY_VARIANTS:
         dummy_id = ensure_dummy_token(tokenizer, q_model, config.dummy_token)
         resize_embeddings(behavior, len(tokenizer))
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, vision=vision)
@@ -361,7 +362,7 @@ def _use_behavior_cache(config, samples: int, vision: bool) -> bool:
     sees a third of an epoch would spend more on the cache than on the behavior passes it saves)."""
     if config.behavior_cache is not None:
         return config.behavior_cache
-    if config.behavior == "cotrain" or vision:
+    if config.behavior == "cotrain" or vision or config.loss_variant == "support":
         return False
     if config.max_steps is None or config.max_steps <= 0:  # epoch-based: every sample is read
         return True
@@ -406,7 +407,7 @@ def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: 
         return load_model(base_dir), load_tokenizer(base_dir), "base"
     base, tokenizer, _ = _base_model_and_tokenizer(model, episodes, config)
     vocab = base.get_input_embeddings().weight.shape[0]
-    if variant == "dummy":
+    if variant in DUMMY_VARIANTS:
         ensure_dummy_token(tokenizer, base, config.dummy_token)
     if model != "tiny" and base.get_input_embeddings().weight.shape[0] == vocab:
         return base, tokenizer, str(Path(model).resolve())
@@ -438,7 +439,7 @@ def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out
         peft_model.peft_config[BEHAVIOR_ADAPTER].base_model_name_or_path = str(info.base_path(out).resolve())
         behavior_dir = _behavior_first(peft_model, tokenizer, episodes, config, overrides, out, info)
         load_adapter_into(peft_model, BEHAVIOR_ADAPTER, behavior_dir)  # all processes use the saved weights
-    dummy_id = tokenizer.convert_tokens_to_ids(config.dummy_token) if variant == "dummy" else None
+    dummy_id = tokenizer.convert_tokens_to_ids(config.dummy_token) if variant in DUMMY_VARIANTS else None
     add_q_and_target_adapters(peft_model, q_from_behavior=config.q_init == "behavior")
     info.lora = True
 
