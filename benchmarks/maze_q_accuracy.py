@@ -3,7 +3,7 @@
 For every free cell of the maze and every move, reads p_theta(a|s) / pi_beta(a|s) at the state the
 decoder would see there and compares it with Q*(s, a) = gamma ** distance(next cell) (the `success`
 reward transform: 1 on reaching the goal). Prints the mean of both, their correlation, how often the
-greedy move in Q_hat (over moves pi_beta gives > 1%) is a shortest-path move, and how many cells get
+greedy move in Q_hat (over moves pi_beta gives more than the run's support threshold) is a shortest-path move, and how many cells get
 exactly the same move probabilities (Q-model and behavior model, the move tokens wherever they sit in
 the vocabulary) as another cell: the model ignoring the position digits.
 
@@ -77,11 +77,13 @@ def move_frequencies(episodes) -> dict:
     return {key: n / totals[key[0]] for key, n in counts.items()}
 
 
-def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, frequencies: dict | None = None) -> Accuracy:
+def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, frequencies: dict | None = None,
+            support_threshold: float = 0.01) -> Accuracy:
     """Q_hat = p_theta / pi_beta of every move at every non-goal cell, against Q* = gamma ** distance.
 
     `frequencies` (from `move_frequencies`): also how far pi_beta is from the data's move frequencies,
-    which is where an exactly fitted behavior model would sit in a tabular maze.
+    which is where an exactly fitted behavior model would sit in a tabular maze. The greedy move is taken
+    over the moves with pi_beta > `support_threshold` (the run's: what its bootstrap and decoding see).
     """
     env = MazeEnv(partially_observed=False)
     layout, encode = env.layout, SegmentEncoder(tokenizer)
@@ -110,7 +112,7 @@ def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, freque
     greedy_ok = 0
     for cell in cells:
         here = [r for r in rows if r[0] == cell]
-        supported = [r for r in here if r[3] > 0.01] or here
+        supported = [r for r in here if r[3] > support_threshold] or here
         best = max(supported, key=lambda r: r[2])
         greedy_ok += best[6] < best[5]
     aliased = sum(1 for c in cells if sum(outputs[c] == outputs[o] for o in cells) > 1)
@@ -124,7 +126,7 @@ def score_run(run: str, gamma: float, verbose: bool) -> None:
 
     policy = load_policy(run, "beta", 1.0)
     result = measure(policy.models.model, policy.models.behavior_model, policy.tokenizer,
-                     policy.token_mdp_config(), gamma)
+                     policy.token_mdp_config(), gamma, support_threshold=policy.run_info.support_threshold)
     print(result.line())
     if verbose:
         for cell, move, qh, pi, qs, _, _ in result.rows:
@@ -148,7 +150,8 @@ class AccuracyProbe(TrainerCallback):
         behavior = self.behavior if self.behavior is not None else _running_trainer().behavior_model
         modes = model.training, behavior.training
         model.eval(), behavior.eval()
-        result = measure(model, behavior, processing_class, layout, self.gamma, self.frequencies)
+        result = measure(model, behavior, processing_class, layout, self.gamma, self.frequencies,
+                         args.support_threshold)
         model.train(modes[0]), behavior.train(modes[1])
         self.curve.append((state.global_step, result))
         print(f"\nstep {state.global_step:5d} ({time.time() - self.start:4.0f} s)  {result.line()}", flush=True)

@@ -241,7 +241,7 @@ def _reference_support_label(target_row, behavior_row, action, y, threshold):
     label = [0.0] * V
     for v in range(V):
         if v != DUMMY and v != action and pi[v] > threshold:
-            label[v] = float(pt[v])
+            label[v] = min(float(pt[v]), float(pi[v]))
     label[action] = float(pi[action]) * y
     total = sum(label)
     if total > 1:

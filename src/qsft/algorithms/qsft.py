@@ -256,13 +256,14 @@ def support_soft_labels(
     pi_beta. Every mismatch pi_hat / pi_beta (an unconverged or noisy behavior model) lands in Q_hat, and
     the label jumps between y and 0 with each sampled action. The support label instead puts
         pi_beta(a|s) * y                on the taken token a,
-        p_target(a'|s)                   on every other token a' of the support S(s) (keep its current value),
+        min(p_target(a'|s), pi_beta(a'|s)) on every other token a' of the support S(s) (keep its current
+                                         value, capped at Q = 1: a ratio above 1 is estimation error),
         the remainder                    on the dummy token (0 elsewhere),
     rescaled to sum to 1 when the first two exceed it. Its expectation over a ~ pi_hat is stationary at
     p_theta(a|s) = pi_beta(a|s) * y(s, a) for every action the data shows, whatever pi_hat is: Q_hat = y.
     """
     behavior_logp = F.log_softmax(behavior_rows.float(), dim=-1)
-    labels = F.softmax(target_rows.float(), dim=-1)
+    labels = torch.minimum(F.softmax(target_rows.float(), dim=-1), behavior_logp.exp())  # Q <= 1
     outside = behavior_logp <= torch.log(torch.tensor(support_threshold, dtype=torch.float32))
     if allowed is not None:
         outside |= ~allowed[:, :labels.shape[-1]].to(outside.device)
