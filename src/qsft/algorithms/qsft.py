@@ -227,10 +227,11 @@ def weighted_cross_entropy(
     chunk_size: int = 1024,
 ) -> torch.Tensor:  # [N] per agent token, in row-major (b, t) order
     """uniform: -[y log p(a|s) + (1-y)/(V-1) sum_{a'!=a} log p(a'|s)];  dummy: -[y log p(a|s) + (1-y) log p(d|s)]."""
-    if variant not in LOSS_VARIANTS:
-        raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {variant!r}")
-    if variant != "uniform" and dummy_token_id is None:
-        raise ValueError(f"the {variant} variant needs dummy_token_id")
+    if variant not in ("uniform", "dummy"):  # 'support' labels need the target and behavior rows
+        raise ValueError(f"weighted_cross_entropy takes 'uniform' or 'dummy', got {variant!r} (the support variant: "
+                         "support_soft_labels + soft_label_cross_entropy)")
+    if variant == "dummy" and dummy_token_id is None:
+        raise ValueError("the dummy variant needs dummy_token_id")
     batch, length, _ = logits.shape
     decisions = action_mask[:, 1:].bool()  # token t >= 1 decided at logits position t - 1
     b_idx, p_idx = decisions.nonzero(as_tuple=True)
@@ -249,7 +250,7 @@ def support_soft_labels(
     support_threshold: float = 1e-4,
     allowed: torch.Tensor | None = None,  # [n, V] bool: a further restriction of the support
 ) -> torch.Tensor:  # [n, V] a distribution per row
-    """The soft label of the `support` variant (qsft's variance-reduced dummy variant, docs/algorithm.md §2a).
+    """The soft label of the `support` variant (qsft's variance-reduced dummy variant, docs/algorithm.md §4a).
 
     The dummy variant's label is y on the taken token a and 1 - y on the dummy token, so p_theta(a|s)
     converges to pi_hat(a|s) * y: the data's frequency of a, which the Q-value then divides by the *model*
