@@ -19,6 +19,18 @@ sets the Q-SFT budget) and prints the accuracy above every `--eval-every` Q-SFT 
 the fit itself, representation aside.
 
     python benchmarks/maze_q_accuracy.py --tabular --out /tmp/tab [--steps 4000] [--set bootstrap=max]
+
+The same pipeline on the real text maze (`--text`): the base is `qsft pretrain` on the data's
+transitions (`--pretrain-steps`, `--pretrain-set`; the tiny word tokenizer with action tokens), so the
+curve shows the fit once the model has to read the position from its digits.
+
+    python benchmarks/maze_q_accuracy.py --text --out /tmp/text [--pretrain-steps 2000] [--steps 2400]
+
+What each bootstrap operator converges to with no fitting error at all (`--oracle DATA.jsonl`): exact
+value iteration on the maze with pi_beta = the data's move frequencies, for each operator, expectile and
+support threshold: the ceiling of corr and greedy-optimal cells that training can reach.
+
+    python benchmarks/maze_q_accuracy.py --oracle /tmp/text/maze.jsonl
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qsft.algorithms.qsft import support_value  # noqa: E402
 from qsft.bench import env_defaults  # noqa: E402
 from qsft.data.episode import Turn  # noqa: E402
 from qsft.data.io import load_episodes, save_episodes  # noqa: E402
@@ -44,7 +57,7 @@ from qsft.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 from qsft.data.tokenize import SegmentEncoder, context_ids  # noqa: E402
 from qsft.envs.generate import generate_episodes  # noqa: E402
 from qsft.envs.maze import MOVES, MazeEnv  # noqa: E402
-from qsft.models.loading import build_tiny_model, load_model  # noqa: E402
+from qsft.models.loading import build_tiny_model, load_model, load_tokenizer  # noqa: E402
 from qsft.training.run import RunInfo, train  # noqa: E402
 
 
@@ -189,6 +202,21 @@ def tabular_base(episodes, out: Path, config: dict) -> Path:
     return out
 
 
+def text_base(data: Path, out: Path, common: dict, steps: int, sets: dict, episodes, gamma: float) -> Path:
+    """`qsft pretrain` on the data's transitions (one window per move: observation, move, next observation)."""
+    start = time.time()
+    config = {**common, "history_turns": 1, "max_steps": steps, "lr_scheduler_type": "linear", **sets}
+    train("pretrain", str(data), "tiny", out, config)
+    model = load_model(out)
+    tokenizer = load_tokenizer(out)
+    layout = RunInfo("qsft", gamma=gamma, history_turns=1, max_length=common["max_length"]).token_mdp_config(tokenizer)
+    model.eval()
+    result = measure(model, model, tokenizer, layout, gamma, move_frequencies(episodes), 0.0)
+    print(f"pretrain: {time.time() - start:.0f} s; its move distribution: aliased cells {result.aliased}/"
+          f"{result.cells}, mean |log p/freq| {result.behavior_error:.3f}", flush=True)
+    return out
+
+
 def run_tabular(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,9 +229,13 @@ def run_tabular(args) -> None:
         save_episodes(data, generate_episodes("maze", defaults["data"]["policy"], args.episodes, args.data_seed))
     episodes_path = str(data)
     episodes = load_episodes(data)
-    base = out / "base"
+    base = out / ("pretrained" if args.text else "base")
     if not (base / "config.json").is_file():
-        tabular_base(episodes, base, defaults["train"])
+        if args.text:
+            text_base(data, base, {**common, "action_tokens": True}, args.pretrain_steps,
+                      parse_sets(args.pretrain_set), episodes, gamma)
+        else:
+            tabular_base(episodes, base, defaults["train"])
     bc_dir = out / args.bc_name
     if not (bc_dir / "qsft.json").is_file() and qsft.get("behavior") != "cotrain":
         start = time.time()
@@ -217,13 +249,61 @@ def run_tabular(args) -> None:
     print(f"qsft: {time.time() - start:.0f} s")
 
 
+def oracle_values(frequencies: dict, gamma: float, operator: str, expectile: float, threshold: float,
+                  sweeps: int = 400) -> dict:
+    """{(cell, move): Q} from value iteration with `support_value` over the data's move frequencies."""
+    env = MazeEnv(partially_observed=False)
+    layout = env.layout
+    cells = [c for c in layout.free_cells if c != layout.goal]
+    rows = []
+    for cell in cells:
+        env.reset(0)
+        env.position = cell
+        rows.append([frequencies.get((env.describe(), m), 0.0) for m in MOVES])
+    weights = torch.tensor(rows, dtype=torch.float64)  # [cells, moves]
+    index = {cell: i for i, cell in enumerate(cells)}
+    nxt = torch.tensor([[index.get(layout.move(c, m), -1) for m in MOVES] for c in cells])  # -1: the goal
+    q = torch.ones_like(weights)
+    for _ in range(sweeps):  # gamma ** 400 < 1e-8
+        log_ratio = q.log().masked_fill(weights <= threshold, -math.inf)
+        value = support_value(log_ratio, weights.clamp_min(1e-30).log(), operator, expectile)
+        q = torch.where(nxt < 0, torch.ones_like(q), gamma * value[nxt.clamp_min(0)])
+    return {(c, m): float(q[i, j]) for i, c in enumerate(cells) for j, m in enumerate(MOVES)}
+
+
+def run_oracle(data: str, gamma: float) -> None:
+    frequencies = move_frequencies(load_episodes(data))
+    layout = MazeEnv(partially_observed=False).layout
+    env = MazeEnv(partially_observed=False)
+    for threshold in (0.01, 0.001):
+        for operator, expectile in (("max", 1.0), ("expectile", 0.7), ("expectile", 0.9), ("expectile", 0.99),
+                                    ("expectile_uniform", 0.7), ("expectile_uniform", 0.9)):
+            q = oracle_values(frequencies, gamma, operator, expectile, threshold)
+            keys = list(q)
+            q_star = [gamma ** layout.distance[layout.move(c, m)] for c, m in keys]
+            greedy = 0
+            for cell in {c for c, _ in keys}:
+                env.reset(0)
+                env.position = cell
+                support = [m for m in MOVES if frequencies.get((env.describe(), m), 0.0) > threshold]
+                greedy += max(support, key=lambda m: q[cell, m]) in layout.optimal_moves(cell)
+            label = operator if operator == "max" else f"{operator} {expectile}"
+            print(f"threshold {threshold:<6} {label:<22} mean Q {statistics.fmean(q.values()):.3f} (Q* "
+                  f"{statistics.fmean(q_star):.3f})  corr {statistics.correlation([q[k] for k in keys], q_star):.3f}"
+                  f"  greedy optimal {greedy}/{len({c for c, _ in keys})}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", help="A Q-SFT run directory trained on `maze` (score it).")
     parser.add_argument("--gamma", type=float, default=0.95, help="Discount of Q* (use the run's).")
     parser.add_argument("--verbose", action="store_true", help="Print every (cell, move).")
+    parser.add_argument("--oracle", metavar="DATA", help="Exact value iteration per operator on this maze data.")
     parser.add_argument("--tabular", action="store_true", help="Train the one-token-per-observation ablation.")
-    parser.add_argument("--out", help="--tabular: folder for data, base model and runs (reused when present).")
+    parser.add_argument("--text", action="store_true", help="The same on the text maze from a pretrained base.")
+    parser.add_argument("--pretrain-steps", type=int, default=2000, help="--text: `qsft pretrain` steps.")
+    parser.add_argument("--pretrain-set", nargs="*", default=[], help="--text: pretraining settings key=value.")
+    parser.add_argument("--out", help="--tabular/--text: folder for data, base model and runs (reused when present).")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=800, help="--tabular: Q-SFT steps.")
@@ -233,9 +313,11 @@ def main() -> None:
     parser.add_argument("--name", default="qsft", help="--tabular: Q-SFT run folder under --out.")
     parser.add_argument("--bc-name", default="bc", help="--tabular: BC run folder under --out (reused).")
     args = parser.parse_args()
-    if args.tabular:
+    if args.oracle:
+        run_oracle(args.oracle, args.gamma)
+    elif args.tabular or args.text:
         if not args.out:
-            parser.error("--tabular needs --out")
+            parser.error("--tabular and --text need --out")
         run_tabular(args)
     elif args.run:
         score_run(args.run, args.gamma, args.verbose)

@@ -57,7 +57,7 @@ class BenchSettings:
     data_seed: int = 0
     policy: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every method
-    pretrain_steps: int | None = None  # `qsft pretrain` steps for OUT/base (None: the env YAML's, else 0 = none)
+    pretrain_steps: int | None = None  # `qsft pretrain` steps for OUT/base (None: the env YAML's, at most budget)
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.algos if a not in ALGORITHMS]
@@ -102,8 +102,10 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
                                  settings.data_seed, data, progress=progress)
         log(f"  return {stats['return_mean']:.2f} (min {stats['return_min']:g}, max {stats['return_max']:g}), "
             f"success {stats['success_rate']:.0%}, optimal {stats['optimal_rate']:.0%}")
-    steps = settings.pretrain_steps if settings.pretrain_steps is not None else \
-        int(defaults.get(PRETRAIN, {}).get("max_steps", 0))
+    steps = settings.pretrain_steps
+    if steps is None:  # the YAML's pretraining, cut to --budget when that is smaller (a quick bench stays quick)
+        steps = int(defaults.get(PRETRAIN, {}).get("max_steps", 0))
+        steps = min(steps, settings.budget) if settings.budget is not None else steps
     settings = replace(settings, pretrain_steps=steps)
     runs_settings = settings
     if steps:  # every method starts from the same pretrained base: the bench compares methods, not starts

@@ -132,24 +132,25 @@ def _reference_expectile(values, weights, tau):
     raise AssertionError("no root")
 
 
+@pytest.mark.parametrize("operator", ["expectile", "expectile_uniform"])
 @pytest.mark.parametrize("tau", [0.5, 0.7, 0.9, 0.99])
-def test_expectile_bootstrap_matches_loop_reference(tau):
+def test_expectile_bootstrap_matches_loop_reference(tau, operator):
     g = torch.Generator().manual_seed(3)
     target = torch.randn(3, 4, V, generator=g)
     behavior = torch.randn(3, 4, V, generator=g) * 3
     threshold = 0.02
     dense = max_ratio_dense(target, behavior, threshold, exclude_token_id=DUMMY, chunk_size=5,
-                            operator="expectile", expectile=tau)
+                            operator=operator, expectile=tau)
     for i in range(3):
         for j in range(4):
             p_t = torch.softmax(target[i, j].double(), -1)
             p_b = torch.softmax(behavior[i, j].double(), -1)
             support = [a for a in range(V) if p_b[a] > threshold and a != DUMMY]
             total = sum(float(p_b[a]) for a in support)
-            ref = _reference_expectile([min(float(p_t[a] / p_b[a]), 1.0) for a in support],
-                                       [float(p_b[a]) / total for a in support], tau)
+            weights = [float(p_b[a]) / total if operator == "expectile" else 1.0 / len(support) for a in support]
+            ref = _reference_expectile([min(float(p_t[a] / p_b[a]), 1.0) for a in support], weights, tau)
             assert math.isclose(float(dense[i, j]), ref, rel_tol=1e-5, abs_tol=1e-6)
-            if tau == 0.5:  # the behavior's mean of the (capped) ratio: sum_S min(p_target, pi_beta) / sum_S pi_beta
+            if tau == 0.5 and operator == "expectile":  # the behavior's mean of the (capped) ratio: sum_S min(p_target, pi_beta) / sum_S pi_beta
                 assert math.isclose(ref, sum(min(float(p_t[a]), float(p_b[a])) for a in support) / total, rel_tol=1e-9)
 
 
@@ -250,7 +251,8 @@ def _reference_support_label(target_row, behavior_row, action, y, threshold):
     return torch.tensor(label)
 
 
-def test_support_variant_loss_matches_a_loop_over_tokens_value_and_gradient():
+@pytest.mark.parametrize("cap", [0.0, 4.0])
+def test_support_variant_loss_matches_a_loop_over_tokens_value_and_gradient(cap):
     logits, input_ids, _, action_mask = _random_batch(4)
     g = torch.Generator().manual_seed(7)
     target_logits = torch.randn(logits.shape, generator=g) * 2
@@ -262,7 +264,7 @@ def test_support_variant_loss_matches_a_loop_over_tokens_value_and_gradient():
     discount = torch.full((B, T), 0.9)
     logits = logits.clone().requires_grad_(True)
     out = qsft_loss(logits, target_logits, behavior_logits, input_ids, action_mask, reward, discount, nsi,
-                    variant="support", dummy_token_id=DUMMY, support_threshold=0.02)
+                    variant="support", dummy_token_id=DUMMY, support_threshold=0.02, support_reweight_cap=cap)
     out.loss.backward()
     losses, ref_logits = [], logits.detach().clone().requires_grad_(True)
     for b in range(B):
@@ -275,7 +277,13 @@ def test_support_variant_loss_matches_a_loop_over_tokens_value_and_gradient():
             label = _reference_support_label(target_logits[b, t - 1], behavior_logits[b, t - 1],
                                               int(input_ids[b, t]), y, 0.02)
             assert abs(float(label.sum()) - 1.0) < 1e-6
-            losses.append(-(label.float() * torch.log_softmax(ref_logits[b, t - 1], -1)).sum())
+            weight = 1.0
+            if cap:  # importance weight from pi_beta to uniform over the support, capped
+                pi = torch.softmax(behavior_logits[b, t - 1].double(), -1)
+                action = int(input_ids[b, t])
+                size = sum(1 for v in range(V) if v != DUMMY and (pi[v] > 0.02 or v == action))
+                weight = min(cap, 1.0 / (size * float(pi[action])))
+            losses.append(-weight * (label.float() * torch.log_softmax(ref_logits[b, t - 1], -1)).sum())
     ref = torch.stack(losses).mean()
     ref.backward()
     assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
@@ -299,3 +307,52 @@ def test_support_label_is_stationary_at_pi_beta_times_y_whatever_the_data_freque
     expected = sum(pi_hat[a] * support_soft_labels(target, behavior, torch.tensor([a]), y[a:a + 1], DUMMY, 0.0)[0]
                    for a in range(V) if a != DUMMY)
     torch.testing.assert_close(expected, p, atol=1e-6, rtol=0)
+
+
+def test_uniform_support_weights_match_a_loop_and_keep_the_fixed_point():
+    """Row weight min(cap, (1/|S|) / pi_beta(a)); the weighted label's expectation still sits at pi_beta * y."""
+    from qsft.algorithms.qsft import support_soft_labels, uniform_support_weights
+
+    g = torch.Generator().manual_seed(11)
+    behavior = torch.randn(5, V, generator=g) * 2
+    actions = torch.tensor([0, 2, 4, 6, 1])
+    weights = uniform_support_weights(behavior, actions, DUMMY, 0.05, cap=8.0)
+    for i in range(5):
+        pi = torch.softmax(behavior[i].double(), -1)
+        size = sum(1 for v in range(V) if v != DUMMY and (pi[v] > 0.05 or v == int(actions[i])))
+        assert math.isclose(float(weights[i]), min(8.0, 1.0 / (size * float(pi[actions[i]]))), rel_tol=1e-5)
+
+    behavior = torch.randn(1, V, generator=g)
+    y = torch.tensor([0.9, 0.5, 0.7, 0.2, 1.0, 0.3, 0.6, 0.8, 0.4, 0.1, 0.0])
+    pi = torch.softmax(behavior, -1)[0]
+    p = pi * y
+    p[DUMMY] = 1 - p.sum()
+    target = p.log()[None]
+    pi_hat = torch.softmax(torch.randn(V, generator=g) * 2, -1)
+    pi_hat[DUMMY] = 0
+    pi_hat = pi_hat / pi_hat.sum()
+    rows = [a for a in range(V) if a != DUMMY]
+    w = {a: float(uniform_support_weights(behavior, torch.tensor([a]), DUMMY, 0.0, cap=3.0)[0]) for a in rows}
+    assert max(w.values()) == 3.0 > min(w.values())  # the cap binds for some rows and not others
+    # minimiser of sum_a pi_hat(a) w(a) CE(label_a, p): the (pi_hat * w)-weighted mean label
+    expected = sum(pi_hat[a] * w[a] * support_soft_labels(target, behavior, torch.tensor([a]), y[a:a + 1], DUMMY,
+                                                          0.0)[0] for a in rows) / sum(pi_hat[a] * w[a] for a in rows)
+    torch.testing.assert_close(expected, p, atol=1e-6, rtol=0)
+
+
+def test_start_labels_put_pi_beta_times_the_value_on_the_support():
+    """Loop reference; the fixed point of their cross-entropy is Q_hat = value on the support."""
+    from qsft.algorithms.qsft import start_labels
+
+    g = torch.Generator().manual_seed(12)
+    behavior = torch.randn(3, V, generator=g) * 2
+    labels = start_labels(behavior, 0.2, DUMMY, support_threshold=0.05)
+    for i in range(3):
+        pi = torch.softmax(behavior[i].double(), -1)
+        ref = [0.2 * float(pi[v]) if v != DUMMY and pi[v] > 0.05 else 0.0 for v in range(V)]
+        ref[DUMMY] = 1.0 - sum(ref)
+        torch.testing.assert_close(labels[i].double(), torch.tensor(ref, dtype=torch.float64), atol=1e-6, rtol=0)
+    # the minimiser of a cross-entropy is its label: p / pi_beta = 0.2 wherever pi_beta > threshold
+    q_hat = labels / torch.softmax(behavior, -1)
+    inside = (torch.softmax(behavior, -1) > 0.05) & (torch.arange(V) != DUMMY)
+    torch.testing.assert_close(q_hat[inside], torch.full_like(q_hat[inside], 0.2))

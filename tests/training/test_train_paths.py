@@ -91,3 +91,49 @@ def test_a_cotrained_behavior_is_the_bc_model_trained_alone(tmp_path):
     start = _weights(build_tiny_model(load_tokenizer(tmp_path / "bc"), "micro", 64, seed=42))
     assert not torch.allclose(reference, start)
     torch.testing.assert_close(cotrained, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_pessimistic_start_fits_every_supported_ratio_to_its_value_then_hands_it_to_the_target(tmp_path):
+    """`q_start_value`: for the first q_start_steps the support label is pi_beta * value on every supported token,
+    so Q_hat = p / pi_beta falls from the ratio-1 start (q_init behavior) to the value; at the last start step
+    the target network becomes a copy of the Q-model (the bootstrap then starts from below)."""
+    from transformers import TrainerCallback
+
+    from qsft.training.run import train
+
+    class TargetAtStep(TrainerCallback):
+        def __init__(self):
+            self.gap = None
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 20:  # step 20's on_step_end (the hard copy) has run
+                import sys
+
+                from qsft.training.qsft_trainer import QSFTTrainer
+
+                frame = sys._getframe()  # callbacks are not handed the trainer: find it on the call stack
+                while not isinstance(frame.f_locals.get("self"), QSFTTrainer):
+                    frame = frame.f_back
+                target = _weights(frame.f_locals["self"].target_model)
+                self.gap = float((target - _weights(model)).abs().max())
+
+    episodes = random_episodes(30)
+    common = {"model_preset": "micro", "history_turns": 1, "max_length": 32, "report_to": "none",
+              "per_device_train_batch_size": 16, "save_strategy": "no", "disable_tqdm": True, "use_cpu": True,
+              "learning_rate": 1e-2, "lr_scheduler_type": "constant"}
+    train("bc", episodes, "tiny", tmp_path / "bc", {**common, "max_steps": 20})
+    probe = TargetAtStep()
+    train("qsft", episodes, "tiny", tmp_path / "q", {
+        **common, "max_steps": 21, "behavior": str(tmp_path / "bc"), "q_init": "behavior", "tau": 0.01,
+        "loss_variant": "support", "q_start_value": 0.2, "q_start_steps": 20, "support_threshold": 0.01,
+        "reward_transform": "success", "gamma": 0.9, "behavior_cache": False}, callbacks=[probe])
+    assert probe.gap == 0.0  # hard copy (a Polyak target at tau 0.01 would lag by far more)
+    q_model, behavior, tokenizer = load_model(tmp_path / "q"), load_model(tmp_path / "bc"), load_tokenizer(tmp_path / "q")
+    ratios = []
+    for ep in episodes[:10]:
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer.encode(ep.turns[0].text, add_special_tokens=False)]])
+        with torch.no_grad():
+            p, b = (torch.softmax(m(ids).logits[0, -1], -1) for m in (q_model, behavior))
+        inside = b > 0.05
+        ratios.append(float((p[inside] / b[inside]).mean()))
+    assert abs(sum(ratios) / len(ratios) - 0.2) < 0.1, ratios

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None,
                         help="`qsft pretrain` steps on the bench's data before the methods, which all start from "
                              "that base (OUT/base, built once; its time is reported). Default: the env YAML's "
-                             "`pretrain: max_steps`, else none.")
+                             "`pretrain: max_steps` (at most --budget), else none.")
     parser.add_argument("--out", default=None, help="Results folder (default: bench-<env>).")
     parser.add_argument("--jobs", type=int, default=None,
                         help="Runs trained and evaluated at once, in separate processes that share the CPU "

@@ -122,7 +122,8 @@ class QSFTConfig(BootstrappedConfig):
                 "after the state's last token; qsft.data.support) or 'behavior' (pi_beta > threshold alone, the paper)."})
     bootstrap: str = field(default="max", metadata={
         "help": "V(s') in the Bellman target: 'max' of p_target/pi_beta over the support (paper) or its "
-                "'expectile' under pi_beta (in-support soft max; see --expectile)."})
+                "'expectile' under pi_beta (in-support soft max; see --expectile), or 'expectile_uniform' (the same "
+                "expectile with every supported action weighted equally: rare supported moves count fully)."})
     expectile: float = field(default=0.9, metadata={
         "help": "With --bootstrap expectile: tau in (0, 1]; 1 is the max, 0.5 the behavior's mean (SARSA)."})
     loss_variant: str = field(default="dummy", metadata={
@@ -130,6 +131,15 @@ class QSFTConfig(BootstrappedConfig):
                 "also keeps the target's probabilities on the other supported tokens: Q_hat no longer inherits the "
                 "behavior model's fit errors, and the label noise vanishes at the fixed point; docs/algorithm.md "
                 "§2a) or 'uniform' (paper Eq. 3; biased upward by up to (1 - E[Q]) / ((V - 1) support_threshold))."})
+    support_reweight_cap: float = field(default=0.0, metadata={
+        "help": "loss_variant 'support': weight each decision by (1/|support|) / pi_beta(a|s), capped here, so rare "
+                "supported moves are fitted as fast as common ones (same fixed point; 0 = off)."})
+    q_start_value: float | None = field(default=None, metadata={
+        "help": "loss_variant 'support': first fit Q_hat to this value on every supported token for q_start_steps "
+                "steps (then copy it to the target): a pessimistic start, so values rise from below along the "
+                "data's paths (value iteration from 0 is exact within d sweeps at distance d) instead of decaying "
+                "from the ratio-1 start. Default: off."})
+    q_start_steps: int = field(default=200, metadata={"help": "Steps of the q_start_value fit (part of max_steps)."})
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
     behavior: str | None = field(default=None, metadata={
         "help": "Behavior model: a trained model dir (frozen), 'cotrain', or empty to train it first by SFT."})
@@ -167,6 +177,13 @@ class QSFTConfig(BootstrappedConfig):
             raise ConfigError(f"expectile must be in (0, 1], got {self.expectile}")
         if self.loss_variant not in LOSS_VARIANTS:
             raise ConfigError(f"loss_variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
+        if self.support_reweight_cap < 0 or (self.support_reweight_cap and self.loss_variant != "support"):
+            raise ConfigError(f"support_reweight_cap must be >= 0 and needs loss_variant 'support', got "
+                              f"{self.support_reweight_cap} with {self.loss_variant!r}")
+        if self.q_start_value is not None and (not 0 <= self.q_start_value <= 1 or self.loss_variant != "support"
+                                               or self.q_start_steps < 1):
+            raise ConfigError(f"q_start_value must be in [0, 1], with loss_variant 'support' and q_start_steps >= 1; "
+                              f"got {self.q_start_value}, {self.loss_variant!r}, {self.q_start_steps}")
         if self.q_init not in ("behavior", "model"):
             raise ConfigError(f"q_init must be 'behavior' or 'model', got {self.q_init!r}")
         if self.lora and self.target_dtype != "float32":

@@ -24,6 +24,8 @@ from qsft.algorithms.qsft import (
     max_ratio_dense,
     max_ratio_sparse,
     qsft_loss_from_values,
+    soft_label_cross_entropy,
+    start_labels,
 )
 from qsft.data.support import DataSupport
 from qsft.errors import ConfigError
@@ -58,6 +60,8 @@ class TargetUpdateCallback(TrainerCallback):
             polyak_update(target, source, args.tau, generator=self.trainer.rounding)
         elif state.global_step % args.target_update_steps == 0:
             hard_update(target, source)
+        if args.q_start_value is not None and state.global_step == args.q_start_steps:
+            hard_update(target, source)  # the pessimistic start is over: bootstrap from it
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         # DDP averages the Q-model's gradients; a co-trained behavior model is outside the DDP
@@ -133,10 +137,15 @@ class QSFTTrainer(OfflineRLTrainer):
         with torch.no_grad():
             state_values, external, behavior_logprobs, decision_rows = self.bootstrap_values(inputs, behavior_live)
         q_logits = self.logits(model, ids, attention, pixels)  # [B, T, V]
+        if self.args.q_start_value is not None and self.state.global_step < self.args.q_start_steps:
+            loss = self._start_loss(q_logits, ids, inputs["action_mask"], decision_rows)
+            loss = loss if loss_behavior is None else loss + loss_behavior
+            return (loss, q_logits) if return_outputs else loss
         out = qsft_loss_from_values(q_logits, state_values, behavior_logprobs, ids, inputs["action_mask"],
                                     inputs["reward"], inputs["discount"], inputs["next_state_index"], external,
                                     variant=self.loss_variant, dummy_token_id=self.dummy_token_id,
-                                    support_threshold=self.args.support_threshold, **decision_rows)
+                                    support_threshold=self.args.support_threshold,
+                                    support_reweight_cap=self.args.support_reweight_cap, **decision_rows)
         loss = out.loss
         self.record("loss/q", out.loss.item())
         if loss_behavior is not None:
@@ -149,6 +158,16 @@ class QSFTTrainer(OfflineRLTrainer):
         self.record("target/clipped_fraction", stats.clipped_fraction)
         self.record("q_hat/mean", out.mean_q_hat)
         return (loss, q_logits) if return_outputs else loss
+
+    def _start_loss(self, q_logits, ids, action_mask, decision_rows) -> torch.Tensor:
+        """The pessimistic start (`q_start_value`): the support label with every supported Q set to the value."""
+        decisions = action_mask[:, 1:].bool()
+        labels = start_labels(decision_rows["decision_behavior_logits"], self.args.q_start_value,
+                              self.dummy_token_id, self.args.support_threshold, decision_rows.get("decision_allowed"))
+        per_token = soft_label_cross_entropy(q_logits[:, :-1][decisions], labels)
+        loss = per_token.mean() if per_token.numel() else q_logits.sum() * 0.0
+        self.record("loss/q_start", loss.item())
+        return loss
 
     def bootstrap_values(self, inputs, behavior_live: torch.Tensor | None = None):
         """V(s') where the targets read it: ([B, T] at in-sequence states, [B] or None at `next_input_ids`,
