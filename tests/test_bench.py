@@ -27,16 +27,13 @@ def test_bench_writes_results_folder_and_reuses_finished_runs(tmp_path):
         assert (tmp_path / name).is_file(), name
     info = json.loads((tmp_path / "runs/qsft-seed0/qsft.json").read_text())
     assert info["behavior_model"].endswith("bc-seed0")  # Q-SFT reused the same-seed BC run as pi_beta
-    # maze.yaml pretrains 2,000 steps; a bench with a smaller --budget pretrains that budget instead
-    assert json.loads((tmp_path / "bench.json").read_text())["settings"]["pretrain_steps"] == 2
     table = (tmp_path / "report.md").read_text()
     assert "| bc | maze | 1 |" in table and "| qsft | maze | 1 |" in table
     model_file = tmp_path / "runs/bc-seed0/model.safetensors"
     stamp = model_file.stat().st_mtime_ns
     logs.clear()
     run_bench(settings, tmp_path, progress=False, log=logs.append)
-    # the pretrained base and both runs are reused
-    assert model_file.stat().st_mtime_ns == stamp and sum("done earlier" in line for line in logs) == 3
+    assert model_file.stat().st_mtime_ns == stamp and sum("done earlier" in line for line in logs) == 2
 
 
 def test_parallel_bench_runs_qsft_after_its_seeds_bc(tmp_path):
@@ -107,3 +104,13 @@ def test_bench_pretrains_one_base_that_every_method_starts_from(tmp_path):
     logs.clear()
     run_bench(settings, tmp_path, progress=False, log=logs.append)
     assert any("pretrained base: done earlier" in line for line in logs)
+
+
+def test_pretraining_steps_come_from_the_flag_else_the_yaml_capped_at_the_budget():
+    from qsft.bench import pretrain_steps
+
+    yaml_with = {"pretrain": {"max_steps": 2000}}
+    assert pretrain_steps(BenchSettings(env="maze", algos=["bc"]), yaml_with) == 2000
+    assert pretrain_steps(BenchSettings(env="maze", algos=["bc"], budget=150), yaml_with) == 150  # a quick bench stays quick
+    assert pretrain_steps(BenchSettings(env="maze", algos=["bc"], budget=150, pretrain_steps=500), yaml_with) == 500
+    assert pretrain_steps(BenchSettings(env="maze", algos=["bc"], budget=150), {}) == 0

@@ -102,10 +102,7 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
                                  settings.data_seed, data, progress=progress)
         log(f"  return {stats['return_mean']:.2f} (min {stats['return_min']:g}, max {stats['return_max']:g}), "
             f"success {stats['success_rate']:.0%}, optimal {stats['optimal_rate']:.0%}")
-    steps = settings.pretrain_steps
-    if steps is None:  # the YAML's pretraining, cut to --budget when that is smaller (a quick bench stays quick)
-        steps = int(defaults.get(PRETRAIN, {}).get("max_steps", 0))
-        steps = min(steps, settings.budget) if settings.budget is not None else steps
+    steps = pretrain_steps(settings, defaults)
     settings = replace(settings, pretrain_steps=steps)
     runs_settings = settings
     if steps:  # every method starts from the same pretrained base: the bench compares methods, not starts
@@ -131,6 +128,15 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
 
 
 PRETRAIN_TIME = "pretrain_time.json"
+
+
+def pretrain_steps(settings: BenchSettings, defaults: dict[str, Any]) -> int:
+    """--pretrain-steps, else the env YAML's `pretrain: max_steps` cut to --budget when that is smaller (a quick
+    bench stays quick), else 0 (no pretraining)."""
+    if settings.pretrain_steps is not None:
+        return settings.pretrain_steps
+    steps = int(defaults.get(PRETRAIN, {}).get("max_steps", 0))
+    return min(steps, settings.budget) if settings.budget is not None else steps
 
 
 def _pretrained_base(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path, progress: bool,

@@ -12,7 +12,6 @@ Shapes: B batch, T sequence, V vocabulary, N selected agent tokens, K sparse sup
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
