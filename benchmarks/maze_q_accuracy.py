@@ -273,8 +273,8 @@ def oracle_values(frequencies: dict, gamma: float, operator: str, expectile: flo
 
 def run_oracle(data: str, gamma: float) -> None:
     frequencies = move_frequencies(load_episodes(data))
-    layout = MazeEnv(partially_observed=False).layout
     env = MazeEnv(partially_observed=False)
+    layout = env.layout
     for threshold in (0.01, 0.001):
         for operator, expectile in (("max", 1.0), ("expectile", 0.7), ("expectile", 0.9), ("expectile", 0.99),
                                     ("expectile_uniform", 0.7), ("expectile_uniform", 0.9)):

@@ -11,7 +11,6 @@ Shapes: B batch, T sequence, V vocabulary, N selected agent tokens, K sparse sup
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -248,6 +247,20 @@ def weighted_cross_entropy(
     return _WeightedCrossEntropy.apply(logits, row_index, actions, y, variant, dummy_token_id, chunk_size)
 
 
+def decision_support(
+    behavior_logp: torch.Tensor,  # [n, V] log pi_beta at each decision
+    dummy_token_id: int,
+    support_threshold: float,
+    allowed: torch.Tensor | None = None,  # [n, V] bool: a further restriction of the support
+) -> torch.Tensor:  # [n, V] bool
+    """S(s) at the decisions of the support variant: pi_beta > threshold, allowed, never the dummy token."""
+    inside = behavior_logp > torch.log(torch.tensor(support_threshold, dtype=torch.float32))
+    if allowed is not None:
+        inside &= allowed[:, :inside.shape[-1]].to(inside.device)
+    inside[:, dummy_token_id] = False
+    return inside
+
+
 def support_soft_labels(
     target_rows: torch.Tensor,  # [n, V] p_target logits at each decision (no grad)
     behavior_rows: torch.Tensor,  # [n, V] pi_beta logits at the same rows
@@ -272,11 +285,7 @@ def support_soft_labels(
     """
     behavior_logp = F.log_softmax(behavior_rows.float(), dim=-1)
     labels = torch.minimum(F.softmax(target_rows.float(), dim=-1), behavior_logp.exp())  # Q <= 1
-    outside = behavior_logp <= torch.log(torch.tensor(support_threshold, dtype=torch.float32))
-    if allowed is not None:
-        outside |= ~allowed[:, :labels.shape[-1]].to(outside.device)
-    outside[:, dummy_token_id] = True
-    labels = labels.masked_fill(outside, 0.0)
+    labels = labels.masked_fill(~decision_support(behavior_logp, dummy_token_id, support_threshold, allowed), 0.0)
     taken = behavior_logp.gather(1, actions[:, None])[:, 0].exp() * targets.float()
     labels.scatter_(1, actions[:, None], taken[:, None])
     total = labels.sum(-1)
@@ -294,12 +303,9 @@ def start_labels(
 ) -> torch.Tensor:  # [n, V]
     """pi_beta(a|s) * value on every token of the support, the rest on the dummy token: the label whose
     fixed point is Q_hat = value everywhere (the pessimistic start, `--q_start_value`)."""
-    pi = F.softmax(behavior_rows.float(), dim=-1)
-    inside = pi > support_threshold
-    if allowed is not None:
-        inside &= allowed[:, :inside.shape[-1]].to(inside.device)
-    inside[:, dummy_token_id] = False
-    labels = torch.where(inside, pi * value, torch.zeros_like(pi))
+    behavior_logp = F.log_softmax(behavior_rows.float(), dim=-1)
+    inside = decision_support(behavior_logp, dummy_token_id, support_threshold, allowed)
+    labels = torch.where(inside, behavior_logp.exp() * value, torch.zeros_like(behavior_logp))
     labels[:, dummy_token_id] = 1.0 - labels.sum(-1)
     return labels
 
@@ -321,11 +327,7 @@ def uniform_support_weights(
     point), only the speed; the cap bounds the variance a rare row adds.
     """
     behavior_logp = F.log_softmax(behavior_rows.float(), dim=-1)
-    inside = behavior_logp > math.log(support_threshold) if support_threshold > 0 else torch.ones_like(
-        behavior_logp, dtype=torch.bool)
-    if allowed is not None:
-        inside &= allowed[:, :inside.shape[-1]].to(inside.device)
-    inside[:, dummy_token_id] = False
+    inside = decision_support(behavior_logp, dummy_token_id, support_threshold, allowed)
     inside.scatter_(1, actions[:, None], True)  # the taken token counts whatever the threshold says
     taken = behavior_logp.gather(1, actions[:, None])[:, 0].exp()
     return (1.0 / (inside.sum(-1).float() * taken)).clamp(max=cap)
