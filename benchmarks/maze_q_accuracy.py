@@ -53,6 +53,7 @@ from qsft.algorithms.qsft import support_value  # noqa: E402
 from qsft.bench import env_defaults  # noqa: E402
 from qsft.data.episode import Turn  # noqa: E402
 from qsft.data.io import load_episodes, save_episodes  # noqa: E402
+from qsft.data.rewards import apply_reward_transform, partial_returns  # noqa: E402
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 from qsft.data.tokenize import SegmentEncoder, context_ids  # noqa: E402
 from qsft.envs.generate import generate_episodes  # noqa: E402
@@ -88,6 +89,20 @@ def move_frequencies(episodes) -> dict:
                 counts[(obs.text, act.text)] = counts.get((obs.text, act.text), 0) + 1
                 totals[obs.text] = totals.get(obs.text, 0) + 1
     return {key: n / totals[key[0]] for key, n in counts.items()}
+
+
+def logged_returns(episodes, gamma: float) -> dict:
+    """{(observation text, move): tensor of every discounted return-to-go logged after it} (`success` rewards:
+    the targets' floor under `--mc_lower_bound`)."""
+    out: dict = {}
+    transformed, _ = apply_reward_transform(episodes, "success", gamma)
+    for ep in transformed:
+        turns = list(ep.turns)
+        agent = [k for k, t in enumerate(turns) if t.role == "agent"]
+        for k, g in zip(agent, partial_returns(ep.rewards, gamma)):
+            if k > 0 and turns[k - 1].role == "env":
+                out.setdefault((turns[k - 1].text, turns[k].text), []).append(g)
+    return {key: torch.tensor(gs, dtype=torch.float64) for key, gs in out.items()}
 
 
 def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, frequencies: dict | None = None,
@@ -250,16 +265,19 @@ def run_tabular(args) -> None:
 
 
 def oracle_values(frequencies: dict, gamma: float, operator: str, expectile: float, threshold: float,
-                  sweeps: int = 400) -> dict:
-    """{(cell, move): Q} from value iteration with `support_value` over the data's move frequencies."""
+                  sweeps: int = 400, returns: dict | None = None, floor: str = "return") -> dict:
+    """{(cell, move): Q} from value iteration with `support_value` over the data's move frequencies; with
+    `returns` (`logged_returns`) each target is floored as `--mc_lower_bound` does: the mean over the logged G
+    of max(bootstrap, G) (floor 'return', the expected soft label) or max(bootstrap, best G) ('best')."""
     env = MazeEnv(partially_observed=False)
     layout = env.layout
     cells = [c for c in layout.free_cells if c != layout.goal]
-    rows = []
+    rows, floors = [], []
     for cell in cells:
         env.reset(0)
         env.position = cell
         rows.append([frequencies.get((env.describe(), m), 0.0) for m in MOVES])
+        floors.append([(returns or {}).get((env.describe(), m)) for m in MOVES])
     weights = torch.tensor(rows, dtype=torch.float64)  # [cells, moves]
     index = {cell: i for i, cell in enumerate(cells)}
     nxt = torch.tensor([[index.get(layout.move(c, m), -1) for m in MOVES] for c in cells])  # -1: the goal
@@ -268,17 +286,23 @@ def oracle_values(frequencies: dict, gamma: float, operator: str, expectile: flo
         log_ratio = q.log().masked_fill(weights <= threshold, -math.inf)
         value = support_value(log_ratio, weights.clamp_min(1e-30).log(), operator, expectile)
         q = torch.where(nxt < 0, torch.ones_like(q), gamma * value[nxt.clamp_min(0)])
+        if returns is not None:
+            q = torch.tensor([[float((g.max() if floor == "best" else g).clamp_min(float(q[i, j])).mean())
+                               if g is not None else float(q[i, j])
+                               for j, g in enumerate(row)] for i, row in enumerate(floors)], dtype=q.dtype)
     return {(c, m): float(q[i, j]) for i, c in enumerate(cells) for j, m in enumerate(MOVES)}
 
 
 def run_oracle(data: str, gamma: float) -> None:
-    frequencies = move_frequencies(load_episodes(data))
+    episodes = load_episodes(data)
+    frequencies, returns = move_frequencies(episodes), logged_returns(episodes, gamma)
     env = MazeEnv(partially_observed=False)
     layout = env.layout
-    for threshold in (0.01, 0.001):
+    for threshold, floor in ((0.01, None), (0.001, None), (0.001, "return"), (0.001, "best")):
         for operator, expectile in (("max", 1.0), ("expectile", 0.7), ("expectile", 0.9), ("expectile", 0.99),
                                     ("expectile_uniform", 0.7), ("expectile_uniform", 0.9)):
-            q = oracle_values(frequencies, gamma, operator, expectile, threshold)
+            q = oracle_values(frequencies, gamma, operator, expectile, threshold,
+                              returns=returns if floor else None, floor=floor or "return")
             keys = list(q)
             q_star = [gamma ** layout.distance[layout.move(c, m)] for c, m in keys]
             greedy = 0
@@ -287,8 +311,8 @@ def run_oracle(data: str, gamma: float) -> None:
                 env.position = cell
                 support = [m for m in MOVES if frequencies.get((env.describe(), m), 0.0) > threshold]
                 greedy += max(support, key=lambda m: q[cell, m]) in layout.optimal_moves(cell)
-            label = operator if operator == "max" else f"{operator} {expectile}"
-            print(f"threshold {threshold:<6} {label:<22} mean Q {statistics.fmean(q.values()):.3f} (Q* "
+            label = (operator if operator == "max" else f"{operator} {expectile}") + (f" +{floor}" if floor else "")
+            print(f"threshold {threshold:<6} {label:<30} mean Q {statistics.fmean(q.values()):.3f} (Q* "
                   f"{statistics.fmean(q_star):.3f})  corr {statistics.correlation([q[k] for k in keys], q_star):.3f}"
                   f"  greedy optimal {greedy}/{len({c for c, _ in keys})}", flush=True)
 

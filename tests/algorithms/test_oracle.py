@@ -12,9 +12,9 @@ import torch
 
 from qsft.algorithms.qsft import behavior_cloning_loss, qsft_loss
 from qsft.data.collate import TokenMDPCollator
-from qsft.data.rewards import apply_reward_transform
+from qsft.data.rewards import apply_reward_transform, partial_returns
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer
-from qsft.data.tokenize import TokenMDPConfig, tokenize_episodes
+from qsft.data.tokenize import TokenMDPConfig, best_logged_returns, tokenize_episodes
 from tests.oracle_chain import ACTIONS, GAMMA, GOAL, q_star, random_episodes
 
 
@@ -41,7 +41,7 @@ def last_logits(model, ids, mask):
     return model(ids)[torch.arange(ids.shape[0]), mask.sum(1) - 1]
 
 
-def train(variant: str, steps: int = 1200, behavior_skew: float = 0.0, **operator):
+def train(variant: str, steps: int = 1200, behavior_skew: float = 0.0, mc_lower_bound: str = "none", **operator):
     """`behavior_skew`: added to the behavior's logit of the first action everywhere after BC, a behavior model
     whose pi_beta misses the data's frequencies (by ~25% at 0.5) with the unseen tokens still far outside
     the support."""
@@ -50,6 +50,8 @@ def train(variant: str, steps: int = 1200, behavior_skew: float = 0.0, **operato
     tokenizer = build_tiny_tokenizer([t.text for ep in episodes for t in ep.turns])
     cfg = TokenMDPConfig(GAMMA, 32, tokenizer.bos_token_id, tokenizer.eos_token_id, history_turns=1)
     samples = tokenize_episodes(transformed, tokenizer, cfg)
+    if mc_lower_bound == "best":
+        best_logged_returns(samples)
     batch = TokenMDPCollator(tokenizer.pad_token_id, tokenizer.bos_token_id)(samples)
     vocab, dummy = len(tokenizer), tokenizer.convert_tokens_to_ids("[DUMMY]")
 
@@ -82,7 +84,8 @@ def train(variant: str, steps: int = 1200, behavior_skew: float = 0.0, **operato
         opt.zero_grad()
         out = qsft_loss(q_model.table[rows], target_table[rows], behavior_logits, ids, batch["action_mask"],
                         batch["reward"], batch["discount"], batch["next_state_index"],
-                        target_table[next_rows], next_behavior, variant=variant, dummy_token_id=dummy, **operator)
+                        target_table[next_rows], next_behavior, variant=variant, dummy_token_id=dummy,
+                        lower_bound=batch["return_to_go"] if mc_lower_bound != "none" else None, **operator)
         out.loss.backward()
         opt.step()
 
@@ -193,6 +196,63 @@ def test_expectile_bootstrap_reaches_its_fixed_point(tau):
     assert max(truth[k] - fixed[k] for k in truth) > 0.05  # the expectile operator is below the max
     for key, (p, pi) in learned.items():
         assert abs(p / pi - fixed[key]) < 0.05, (key, p / pi, fixed[key])
+
+
+def logged_returns(gamma: float = GAMMA) -> dict[tuple[int, str], list[float]]:
+    """Every discounted return-to-go G the training data logs after (s, a) (`train`'s episodes, `success`)."""
+    transformed, _ = apply_reward_transform(random_episodes(400, seed=0), "success", gamma)
+    out: dict[tuple[int, str], list[float]] = {}
+    for episode in transformed:
+        turns = list(episode.turns)
+        agent = [k for k, t in enumerate(turns) if t.role == "agent"]
+        for k, g in zip(agent, partial_returns(episode.rewards, gamma)):
+            out.setdefault((int(turns[k - 1].text[1:]), turns[k].text), []).append(g)
+    return out
+
+
+@pytest.mark.parametrize("floor", ["return", "best"])
+def test_mc_lower_bound_keeps_q_star_the_fixed_point_of_the_max(floor):
+    """--mc_lower_bound: in a deterministic MDP every logged G is <= Q*(s, a), so max(r + gamma V*, G) = Q*."""
+    truth = q_star()
+    returns = logged_returns()
+    assert any(g > 0 for gs in returns.values() for g in gs)
+    assert all(g <= truth[key] + 1e-9 for key, gs in returns.items() for g in gs)
+    learned, _, _ = train("dummy", mc_lower_bound=floor)
+    for key, (p, pi) in learned.items():
+        assert abs(p / pi - truth[key]) < 0.05, (key, p / pi, truth[key])
+
+
+def floored_expectile_fixed_point(counts, returns, tau: float, gamma: float = GAMMA):
+    """Q(s, a) = mean over the logged G of max(r + gamma * expectile_tau{Q(s', .)}, G): the expected soft label."""
+    from tests.oracle_chain import step
+
+    pi = {(s, a): counts[(s, a)] / sum(counts[(s, b)] for b in ACTIONS) for s in range(GOAL) for a in ACTIONS}
+    q = {key: 0.0 for key in pi}
+
+    def value(s):
+        (x_lo, w_lo), (x_hi, w_hi) = sorted((q[(s, a)], pi[(s, a)]) for a in ACTIONS)
+        return (tau * w_hi * x_hi + (1 - tau) * w_lo * x_lo) / (tau * w_hi + (1 - tau) * w_lo)
+
+    for _ in range(300):
+        new = {}
+        for (s, a) in q:
+            nxt, reward, done = step(s, a)
+            bootstrap = reward + (0.0 if done else gamma * value(nxt))
+            new[(s, a)] = sum(min(1.0, max(bootstrap, g)) for g in returns[(s, a)]) / len(returns[(s, a)])
+        q = new
+    return q
+
+
+@pytest.mark.slow  # 2,400 steps of the prefix table: ~1 minute on 2 cores
+def test_mc_lower_bound_lifts_the_expectile_fixed_point_toward_q_star():
+    """With tau = 0.5 (the behavior's own value) the floor raises each target to the better of the bootstrap
+    and the logged return: training reaches that operator's fixed point, which lies between Q_tau and Q*."""
+    learned, counts, _ = train("dummy", steps=2400, mc_lower_bound="return", operator="expectile", expectile=0.5)
+    floored = floored_expectile_fixed_point(counts, logged_returns(), 0.5)
+    plain, truth = expectile_fixed_point(counts, 0.5), q_star()
+    assert sum(truth[k] - floored[k] for k in truth) < 0.8 * sum(truth[k] - plain[k] for k in truth)
+    for key, (p, pi) in learned.items():
+        assert abs(p / pi - floored[key]) < 0.05, (key, p / pi, floored[key])
 
 
 @pytest.mark.parametrize("gamma", [0.9])

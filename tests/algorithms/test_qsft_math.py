@@ -193,6 +193,15 @@ def test_bellman_targets_loop_reference_with_terminal_truncated_and_external():
         assert math.isclose(float(y[b, t]), v, abs_tol=1e-6), (b, t)
     assert math.isclose(stats.clipped_fraction, 1 / 6, rel_tol=1e-6)
     assert math.isclose(stats.max, 1.0)
+    # --mc_lower_bound: y = clip(max(bootstrap, G), 0, 1), G the logged return-to-go
+    lower = torch.rand(values.shape, generator=torch.Generator().manual_seed(0)) * mask
+    floored, stats = bellman_targets(values, reward, discount, nsi, mask, external, lower)
+    raised = 0
+    for (b, t), v in expected.items():
+        want = min(1.0, max(v, float(lower[b, t])))  # v is already clipped; G <= 1
+        raised += float(lower[b, t]) > v
+        assert math.isclose(float(floored[b, t]), want, abs_tol=1e-6), (b, t)
+    assert math.isclose(stats.floored_fraction, raised / 6, rel_tol=1e-6)
 
 
 def test_behavior_cloning_q_hat_and_logprobs_match_loop():

@@ -4,7 +4,13 @@ import pytest
 
 from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode, Turn
-from qsft.data.tokenize import EXTERNAL_NEXT_STATE, TERMINAL, TokenMDPConfig, tokenize_episodes
+from qsft.data.tokenize import (
+    EXTERNAL_NEXT_STATE,
+    TERMINAL,
+    TokenMDPConfig,
+    best_logged_returns,
+    tokenize_episodes,
+)
 from qsft.errors import SequenceTooLongError
 
 
@@ -90,6 +96,33 @@ def test_window_mode_truncated_episode_bootstraps_from_last_turns():
     turns = [Turn("env", "a"), Turn("agent", "x"), Turn("env", "bc")]
     (s,) = tokenize_episodes([ep(done=False, turns=turns)], CharTokenizer(), cfg(history_turns=2))
     assert s.next_input_ids == [BOS, 33, EOT, 11, 12]  # last two turns: agent "x" + EOT, env "bc"
+
+
+def test_return_to_go_on_every_token_of_each_agent_turn():
+    """--mc_lower_bound's G: turn 0 earns 0.25 + 0.9 * 0.5, turn 1 0.5; 0 off agent tokens; whole-episode
+    returns even where truncation or windows cut the sequence."""
+    (s,) = tokenize_episodes([ep()], CharTokenizer(), cfg())
+    assert s.return_to_go == pytest.approx([0, 0, 0, 0.7, 0.7, 0.7, 0, 0.5, 0.5])
+    (cut,) = tokenize_episodes([ep()], CharTokenizer(), cfg(max_length=5))
+    assert cut.return_to_go == pytest.approx([0, 0, 0.5, 0.5])
+    s0, s1 = tokenize_episodes([ep()], CharTokenizer(), cfg(history_turns=1))
+    assert s0.return_to_go == pytest.approx([0, 0, 0, 0.7, 0.7, 0.7])
+    assert s1.return_to_go == pytest.approx([0, 0, 0.5, 0.5])
+    batch = TokenMDPCollator(pad_token_id=0, bos_token_id=BOS)([s0, s1])
+    assert batch["return_to_go"][1].tolist() == pytest.approx([0, 0, 0.5, 0.5, 0, 0])
+
+
+def test_best_logged_returns_share_the_best_return_of_each_token_prefix():
+    """--mc_lower_bound best: every agent token gets the best G logged after the same prefix (state + action)."""
+    good = ep()  # "ab" then "xy" earns 0.7
+    poor = ep(turns=[Turn("env", "ab"), Turn("agent", "xy", 0.0), Turn("env", "c"), Turn("agent", "z", 0.0)])
+    other = ep(turns=[Turn("env", "ab"), Turn("agent", "xw", 0.1)])  # shares the prefix up to "x" only
+    samples = tokenize_episodes([good, poor, other], CharTokenizer(), cfg(history_turns=1))
+    best_logged_returns(samples)
+    by_episode = [s.return_to_go for s in samples]
+    assert by_episode[2] == pytest.approx([0, 0, 0, 0.7, 0.7, 0.7])  # poor's first turn: the good one's 0.7
+    assert by_episode[3] == pytest.approx([0, 0, 0.5, 0.5])  # poor's "z" after "c": good's 0.5
+    assert by_episode[4] == pytest.approx([0, 0, 0, 0.7, 0.1, 0.1])  # "x" shared, then its own "w" and EOT
 
 
 def test_collator_pads_and_marks_padding_terminal():

@@ -16,6 +16,7 @@ from tests.oracle_chain import random_episodes
     ("qsft", {"loss_variant": "fancy"}, r"loss_variant must be one of"),
     ("qsft", {"support_reweight_cap": 10.0}, r"support_reweight_cap .* needs loss_variant 'support'"),
     ("qsft", {"q_start_value": 0.1}, r"q_start_value must be in \[0, 1\], with loss_variant 'support'"),
+    ("qsft", {"mc_lower_bound": "yes"}, r"mc_lower_bound must be 'none', 'return' or 'best'"),
     ("filtered_bc", {"top": 0.0}, r"top must be in \(0, 1\]"),
     ("bc", {"gamma": 0.9}, r"unknown config key\(s\) for --algo bc: gamma"),
     ("bc", {"truncation": "middle"}, r"truncation must be one of"),

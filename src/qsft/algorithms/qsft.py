@@ -30,6 +30,7 @@ class TargetStats:
     min: float
     max: float
     clipped_fraction: float
+    floored_fraction: float = 0.0  # --mc_lower_bound: targets raised to the Monte-Carlo return
 
 
 BOOTSTRAP_OPERATORS = ("max", "expectile", "expectile_uniform")
@@ -142,10 +143,15 @@ def bellman_targets(
     next_state_index: torch.Tensor,  # [B, T] long, -1 = terminal
     action_mask: torch.Tensor,  # [B, T] bool
     external_values: torch.Tensor | None = None,  # [B] value of each row's `next_input_ids` state
+    lower_bound: torch.Tensor | None = None,  # [B, T] G_t, the logged return-to-go (--mc_lower_bound)
 ) -> tuple[torch.Tensor, TargetStats]:
     """y_t = clip(r_t + discount_t * V(s'_t), 0, 1), V(s') = state_values[next_state_index] (0 if terminal).
 
     next_state_index -2 reads `external_values[b]` (the separate next-state sequence of window mode).
+    With `lower_bound`, y_t = clip(max(r_t + discount_t * V(s'_t), G_t), 0, 1): in a deterministic environment
+    the logged actions from s_t on are a plan that earns G_t, so Q*(s_t, a_t) >= G_t and Q* stays the max
+    operator's fixed point, while values reach far states in one step instead of one bootstrap per turn
+    (Monte-Carlo augmented targets, Wilcox et al. 2022). A stochastic environment's lucky returns bias it upward.
     """
     bootstrap = state_values.gather(1, next_state_index.clamp(min=0))
     bootstrap = torch.where(next_state_index >= 0, bootstrap, torch.zeros_like(bootstrap))
@@ -153,15 +159,20 @@ def bellman_targets(
         external = external_values[:, None].expand_as(bootstrap)
         bootstrap = torch.where(next_state_index == EXTERNAL_NEXT_STATE, external, bootstrap)
     raw = reward.float() + discount.float() * bootstrap
-    targets = raw.clamp(0.0, 1.0)
     mask = action_mask.bool()
+    floored = torch.zeros_like(mask)
+    if lower_bound is not None:
+        floored = mask & (lower_bound.float() > raw)
+        raw = torch.maximum(raw, lower_bound.float())
+    targets = raw.clamp(0.0, 1.0)
     selected = raw[mask]
     if selected.numel() == 0:
         stats = TargetStats(0.0, 0.0, 0.0, 0.0)
     else:
         clipped = ((selected < 0) | (selected > 1)).float().mean().item()
         chosen = targets[mask]
-        stats = TargetStats(chosen.mean().item(), chosen.min().item(), chosen.max().item(), clipped)
+        stats = TargetStats(chosen.mean().item(), chosen.min().item(), chosen.max().item(), clipped,
+                            floored[mask].float().mean().item())
     return targets.detach(), stats
 
 
@@ -403,6 +414,7 @@ def qsft_loss(
     operator: str = "max",
     expectile: float = 0.9,
     support_reweight_cap: float = 0.0,
+    lower_bound: torch.Tensor | None = None,  # [B, T] G_t floor of the targets (`bellman_targets`)
 ) -> QSFTOutput:
     """The Q-SFT objective: Bellman targets from p_target / pi_beta, then the weighted cross-entropy."""
     exclude = dummy_token_id if variant in DUMMY_VARIANTS else None
@@ -418,7 +430,8 @@ def qsft_loss(
     return qsft_loss_from_values(q_logits, state_values, behavior_action_logprobs, input_ids, action_mask, reward,
                                  discount, next_state_index, external, variant, dummy_token_id,
                                  target_logits[:, :-1][decisions], behavior_logits[:, :-1][decisions],
-                                 support_threshold, support_reweight_cap=support_reweight_cap)
+                                 support_threshold, support_reweight_cap=support_reweight_cap,
+                                 lower_bound=lower_bound)
 
 
 def qsft_loss_from_values(
@@ -438,6 +451,7 @@ def qsft_loss_from_values(
     support_threshold: float = 1e-4,
     decision_allowed: torch.Tensor | None = None,  # [N, V] bool (support variant, --support data)
     support_reweight_cap: float = 0.0,  # support variant: rows weighted by uniform_support_weights (0 = off)
+    lower_bound: torch.Tensor | None = None,  # [B, T] G_t floor of the targets (`bellman_targets`)
 ) -> QSFTOutput:
     """`qsft_loss` from state values computed elsewhere (only at the states, or from the behavior cache).
 
@@ -445,7 +459,7 @@ def qsft_loss_from_values(
     """
     with torch.no_grad():
         targets, stats = bellman_targets(state_values, reward, discount, next_state_index, action_mask,
-                                         external_values)
+                                         external_values, lower_bound)
         decisions = action_mask[:, 1:].bool()
         b_idx, p_idx = decisions.nonzero(as_tuple=True)
         flat = q_logits.detach().reshape(-1, q_logits.shape[-1])  # [B * T, V], a view

@@ -69,6 +69,7 @@ class TokenMDPCollator:
             "reward": pad([s.reward for s in samples], 0.0, torch.float32),
             "discount": pad([s.discount for s in samples], 0.0, torch.float32),
             "next_state_index": pad([s.next_state_index for s in samples], TERMINAL, torch.long),
+            "return_to_go": pad([s.return_to_go or [0.0] * len(s) for s in samples], 0.0, torch.float32),
         }
         if any(s.next_input_ids is not None for s in samples):
             nexts = [s.next_input_ids or [self.bos_token_id] for s in samples]

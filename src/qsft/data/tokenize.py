@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from qsft.data.episode import Episode, Turn
+from qsft.data.rewards import partial_returns
 from qsft.errors import ConfigError, EpisodeFormatError, SequenceTooLongError
 
 TERMINAL = -1
@@ -71,6 +72,9 @@ class TokenizedEpisode:
     # image references whose placeholders appear in input_ids / next_input_ids, in order (VLMs only)
     images: list = field(default_factory=list)
     next_images: list = field(default_factory=list)
+    # every token of agent turn k: the turn's discounted return-to-go sum_{j>=k} gamma^(j-k) r_j (0 elsewhere),
+    # the Monte-Carlo lower bound of `--mc_lower_bound`
+    return_to_go: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -179,10 +183,12 @@ def _full_sequence(episode: Episode, segments: list, cfg: TokenMDPConfig) -> Tok
         _append(sample, ids, trained=role == "agent")
     length = len(sample.input_ids)
     agent_positions = [k for k, seg in enumerate(kept) if seg[0] == "agent"]
+    to_go = _turn_returns(segments, cfg.gamma)
     for n, k in enumerate(agent_positions):
         _, ids, reward, number = kept[k]
         start, end = starts[k], starts[k] + len(ids)
         sample.turn_spans.append((number, start, end))
+        sample.return_to_go[start:end] = [to_go[number]] * (end - start)
         for t in range(start, end - 1):
             sample.next_state_index[t] = t
             sample.discount[t] = 1.0
@@ -201,6 +207,7 @@ def _full_sequence(episode: Episode, segments: list, cfg: TokenMDPConfig) -> Tok
 
 def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> list[TokenizedEpisode]:
     agent_positions = [k for k, seg in enumerate(segments) if seg[0] == "agent"]
+    to_go = _turn_returns(segments, cfg.gamma)
     samples = []
     for n, k in enumerate(agent_positions):
         _, ids, reward, number = segments[k]
@@ -215,6 +222,7 @@ def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> 
         _append(sample, ids, trained=True)
         end = len(sample.input_ids)
         sample.turn_spans.append((number, start, end))
+        sample.return_to_go[start:end] = [to_go[number]] * (end - start)
         for t in range(start, end - 1):
             sample.next_state_index[t] = t
             sample.discount[t] = 1.0
@@ -229,6 +237,29 @@ def _windowed_samples(episode: Episode, segments: list, cfg: TokenMDPConfig) -> 
             sample.next_state_index[last] = TERMINAL
         samples.append(sample)
     return samples
+
+
+def _turn_returns(segments: list, gamma: float) -> list[float]:
+    """Each agent turn's discounted return-to-go over the whole episode, by agent turn number."""
+    return partial_returns([seg[2] for seg in segments if seg[0] == "agent"], gamma)
+
+
+def best_logged_returns(samples: list[TokenizedEpisode]) -> None:
+    """Raise every agent token's `return_to_go` to the best one logged after the same token prefix (the same
+    state and action in the token MDP), in place: in a deterministic environment each logged continuation is a
+    plan, so their best return is still a lower bound of Q*. Samples with images keep their own returns (their
+    state is not the token prefix alone)."""
+    best: dict[tuple[int, ...], float] = {}
+    text_only = [s for s in samples if not s.images]
+    for sample in text_only:
+        for t, (trained, g) in enumerate(zip(sample.action_mask, sample.return_to_go)):
+            if trained:
+                key = tuple(sample.input_ids[:t + 1])
+                best[key] = max(best.get(key, g), g)
+    for sample in text_only:
+        for t, trained in enumerate(sample.action_mask):
+            if trained:
+                sample.return_to_go[t] = best[tuple(sample.input_ids[:t + 1])]
 
 
 def state_context(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str) -> list[int]:
@@ -280,6 +311,7 @@ def _append(sample: TokenizedEpisode, ids: list[int], trained: bool) -> None:
     sample.reward.extend([0.0] * len(ids))
     sample.discount.extend([0.0] * len(ids))
     sample.next_state_index.extend([TERMINAL] * len(ids))
+    sample.return_to_go.extend([0.0] * len(ids))
 
 
 def longest_reply(episodes: list[Episode], encode: SegmentEncoder) -> int:

@@ -140,6 +140,12 @@ class QSFTConfig(BootstrappedConfig):
                 "data's paths (value iteration from 0 is exact within d sweeps at distance d) instead of decaying "
                 "from the ratio-1 start. Default: off."})
     q_start_steps: int = field(default=200, metadata={"help": "Steps of the q_start_value fit (part of max_steps)."})
+    mc_lower_bound: str = field(default="none", metadata={
+        "help": "Floor each Bellman target at a logged discounted return-to-go G, y = max(r + gamma V(s'), G): "
+                "'return' (the sample's own G), 'best' (the best G logged after the same token prefix, i.e. the same "
+                "state and action) or 'none'. In deterministic environments G <= Q*, so Q* stays the max "
+                "operator's fixed point while values reach far states without one bootstrap per turn "
+                "(docs/algorithm.md §3, Monte-Carlo floors); in stochastic ones lucky returns bias the values upward."})
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
     behavior: str | None = field(default=None, metadata={
         "help": "Behavior model: a trained model dir (frozen), 'cotrain', or empty to train it first by SFT."})
@@ -184,6 +190,8 @@ class QSFTConfig(BootstrappedConfig):
                                                or self.q_start_steps < 1):
             raise ConfigError(f"q_start_value must be in [0, 1], with loss_variant 'support' and q_start_steps >= 1; "
                               f"got {self.q_start_value}, {self.loss_variant!r}, {self.q_start_steps}")
+        if self.mc_lower_bound not in ("none", "return", "best"):
+            raise ConfigError(f"mc_lower_bound must be 'none', 'return' or 'best', got {self.mc_lower_bound!r}")
         if self.q_init not in ("behavior", "model"):
             raise ConfigError(f"q_init must be 'behavior' or 'model', got {self.q_init!r}")
         if self.lora and self.target_dtype != "float32":

@@ -7,7 +7,13 @@ import math
 from qsft.data.collate import TokenMDPDataset
 from qsft.data.episode import Episode
 from qsft.data.rewards import RewardReport, apply_reward_transform
-from qsft.data.tokenize import SegmentEncoder, TokenMDPConfig, longest_reply, tokenize_episodes
+from qsft.data.tokenize import (
+    SegmentEncoder,
+    TokenMDPConfig,
+    best_logged_returns,
+    longest_reply,
+    tokenize_episodes,
+)
 from qsft.errors import ConfigError
 from qsft.models.loading import bos_token_id
 
@@ -41,10 +47,14 @@ def sft_dataset(episodes: list[Episode], tokenizer, config, vision=None) -> Toke
 
 def qsft_dataset(episodes: list[Episode], tokenizer, config, dummy_token_id: int | None,
                  reward_bounds: tuple[float | None, float | None] = (None, None), vision=None,
-                 ) -> tuple[TokenMDPDataset, RewardReport]:
+                 best_returns: bool = False) -> tuple[TokenMDPDataset, RewardReport]:
+    """`best_returns`: each agent token's return-to-go raised to the best logged after its prefix
+    (`--mc_lower_bound best`)."""
     transformed, report = apply_reward_transform(episodes, config.reward_transform, config.gamma, *reward_bounds)
     resolve_reply_tokens(episodes, tokenizer, config, vision)
     samples = tokenize_episodes(transformed, tokenizer, token_mdp_config(tokenizer, config, config.gamma), vision)
+    if best_returns:
+        best_logged_returns(samples)
     if dummy_token_id is not None:
         for sample in samples:
             if any(m and t == dummy_token_id for t, m in zip(sample.input_ids, sample.action_mask)):

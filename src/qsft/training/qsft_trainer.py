@@ -145,7 +145,9 @@ class QSFTTrainer(OfflineRLTrainer):
                                     inputs["reward"], inputs["discount"], inputs["next_state_index"], external,
                                     variant=self.loss_variant, dummy_token_id=self.dummy_token_id,
                                     support_threshold=self.args.support_threshold,
-                                    support_reweight_cap=self.args.support_reweight_cap, **decision_rows)
+                                    support_reweight_cap=self.args.support_reweight_cap,
+                                    lower_bound=inputs["return_to_go"] if self.args.mc_lower_bound != "none" else None,
+                                    **decision_rows)
         loss = out.loss
         self.record("loss/q", out.loss.item())
         if loss_behavior is not None:
@@ -156,6 +158,8 @@ class QSFTTrainer(OfflineRLTrainer):
         self.record("target/min", stats.min)
         self.record("target/max", stats.max)
         self.record("target/clipped_fraction", stats.clipped_fraction)
+        if self.args.mc_lower_bound != "none":
+            self.record("target/floored_fraction", stats.floored_fraction)
         self.record("q_hat/mean", out.mean_q_hat)
         return (loss, q_logits) if return_outputs else loss
 
