@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qsft.bench import BenchSettings, run_bench
 from qsft.cli import main
@@ -29,6 +30,10 @@ def test_bench_writes_results_folder_and_reuses_finished_runs(tmp_path):
     assert info["behavior_model"].endswith("bc-seed0")  # Q-SFT reused the same-seed BC run as pi_beta
     table = (tmp_path / "report.md").read_text()
     assert "| bc | maze | 1 |" in table and "| qsft | maze | 1 |" in table
+    card = (tmp_path / "runs/qsft-seed0/README.md").read_text()  # a Hub model card, results included
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "transformers" and "qsft" in front["tags"] and "maze" in front["tags"]
+    assert "    max_steps: 2" in card and "| results.json | maze | qsft |" in card and "load_run_models" in card
     model_file = tmp_path / "runs/bc-seed0/model.safetensors"
     stamp = model_file.stat().st_mtime_ns
     logs.clear()
@@ -114,3 +119,18 @@ def test_pretraining_steps_come_from_the_flag_else_the_yaml_capped_at_the_budget
     assert pretrain_steps(BenchSettings(env="maze", algos=["bc"], budget=150), yaml_with) == 150  # a quick bench stays quick
     assert pretrain_steps(BenchSettings(env="maze", algos=["bc"], budget=150, pretrain_steps=500), yaml_with) == 500
     assert pretrain_steps(BenchSettings(env="maze", algos=["bc"], budget=150), {}) == 0
+
+
+def test_bench_env_args_reach_generation_and_evaluation_and_guard_reused_data(tmp_path):
+    from qsft.errors import ConfigError
+
+    settings = BenchSettings(env="maze", algos=["bc"], seeds=1, episodes=6, eval_episodes=2, budget=1,
+                             overrides=TINY, env_kwargs={"max_turns": 7})
+    (result,) = run_bench(settings, tmp_path, progress=False, log=lambda message: None)
+    assert json.loads((tmp_path / "data/maze.jsonl.stats.json").read_text())["env_kwargs"] == {"max_turns": 7}
+    assert json.loads((tmp_path / "bench.json").read_text())["settings"]["env_kwargs"] == {"max_turns": 7}
+    assert result.config["env_kwargs"] == {"max_turns": 7}  # evaluated on the same variant
+    assert max(ep.turns for ep in result.episodes) <= 7
+    with pytest.raises(ConfigError, match="generated with env args .*max_turns.* asks for \\{\\}"):
+        run_bench(BenchSettings(env="maze", algos=["bc"], seeds=1, episodes=6, eval_episodes=2, budget=1,
+                                overrides=TINY), tmp_path, progress=False, log=lambda message: None)

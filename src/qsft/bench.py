@@ -17,31 +17,20 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from qsft.configs import env_defaults
 from qsft.envs.generate import generate_dataset, stats_path
 from qsft.errors import ConfigError
 from qsft.eval.evaluate import EvalResult, evaluate
 from qsft.eval.metrics import mean_ci95
 from qsft.io import atomic_write_json, atomic_write_text
+from qsft.run_info import RUN_FILE
 from qsft.training.config import PretrainConfig
-from qsft.training.run import ALGORITHMS, PRETRAIN, RUN_FILE, train
+from qsft.training.run import ALGORITHMS, PRETRAIN, train
 
 RESULTS = "results.json"
-
-
-def env_defaults(env: str) -> dict[str, Any]:
-    """Per-environment hyperparameters from qsft/configs/<env>.yaml (chosen by a recorded sweep)."""
-    family = env.split("-")[0] if env.startswith("chess") else env
-    for name in (env, family):
-        resource = resources.files("qsft.configs") / f"{name}.yaml"
-        if resource.is_file():
-            return yaml.safe_load(resource.read_text()) or {}
-    return {}
 
 
 @dataclass
@@ -58,6 +47,7 @@ class BenchSettings:
     policy: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every method
     pretrain_steps: int | None = None  # `qsft pretrain` steps for OUT/base (None: the env YAML's, at most budget)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # --env-arg: the variant generated and evaluated
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.algos if a not in ALGORITHMS]
@@ -99,9 +89,11 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
         data_cfg = defaults.get("data", {})
         log(f"generating {settings.episodes} {settings.env} episodes -> {data}")
         stats = generate_dataset(settings.env, settings.policy or data_cfg.get("policy"), settings.episodes,
-                                 settings.data_seed, data, progress=progress)
+                                 settings.data_seed, data, env_kwargs=settings.env_kwargs, progress=progress)
         log(f"  return {stats['return_mean']:.2f} (min {stats['return_min']:g}, max {stats['return_max']:g}), "
             f"success {stats['success_rate']:.0%}, optimal {stats['optimal_rate']:.0%}")
+    else:
+        _check_same_variant(settings, data)
     steps = pretrain_steps(settings, defaults)
     settings = replace(settings, pretrain_steps=steps)
     runs_settings = settings
@@ -128,6 +120,14 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
 
 
 PRETRAIN_TIME = "pretrain_time.json"
+
+
+def _check_same_variant(settings: BenchSettings, data: Path) -> None:
+    """A reused dataset must come from the environment variant this bench asks for (`--env-arg`)."""
+    logged = json.loads(stats_path(data).read_text()).get("env_kwargs") or {}
+    if logged != settings.env_kwargs:
+        raise ConfigError(f"{data} was generated with env args {logged}, this bench asks for {settings.env_kwargs}: "
+                          "use another --out (or the same --env-arg)")
 
 
 def pretrain_steps(settings: BenchSettings, defaults: dict[str, Any]) -> int:
@@ -178,8 +178,8 @@ def _train_and_evaluate(settings: BenchSettings, defaults: dict[str, Any], data:
     mode_cfg = eval_cfg.get(algo, {}) if isinstance(eval_cfg.get(algo), dict) else {}
     result = evaluate(run_dir, settings.env, settings.eval_episodes, mode=mode_cfg.get("decode"),
                       beta=mode_cfg.get("beta"), seed=1000 + seed, greedy=mode_cfg.get("greedy", False),
-                      batch_size=eval_cfg.get("batch_size", 32), out=run_dir / RESULTS, label=algo,
-                      progress=progress)
+                      batch_size=eval_cfg.get("batch_size", 32), env_kwargs=settings.env_kwargs,
+                      out=run_dir / RESULTS, label=algo, progress=progress)
     log(f"  {algo} seed {seed}: return {result.summary.mean_return:.2f}, "
         f"success {result.summary.success_rate:.0%}, score {result.summary.normalized_score}")
     return result

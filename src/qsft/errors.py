@@ -21,13 +21,16 @@ class EpisodeFormatError(QSFTError):
         line: int | None = None,
         episode_id: str | None = None,
         field: str | None = None,
+        row: int | None = None,
     ) -> None:
-        self.source, self.line, self.episode_id, self.field = source, line, episode_id, field
+        self.source, self.line, self.episode_id, self.field, self.row = source, line, episode_id, field, row
         where = []
         if source is not None:
             where.append(f"{source}" + (f":{line}" if line is not None else ""))
         elif line is not None:
             where.append(f"line {line}")
+        if row is not None:  # a table's row (Parquet, Arrow, a Hugging Face dataset), counted from 0 like theirs
+            where.append(f"row {row}")
         if episode_id is not None:
             where.append(f"episode {episode_id!r}")
         if field is not None:

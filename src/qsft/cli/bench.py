@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qsft.cli.common import reports_errors
+from qsft.cli.common import parse_env_args, reports_errors
 
 
 def register(subparsers) -> None:
@@ -14,6 +14,9 @@ def register(subparsers) -> None:
                     "step budget, evaluates each, and writes report.md/report.png/bench.json under --out. "
                     "Finished runs are reused, so an interrupted bench resumes.")
     parser.add_argument("--env", required=True, help="Environment name (qsft data generate --help lists them).")
+    parser.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="Environment option for data generation and evaluation alike (repeatable; e.g. "
+                             "legal_moves=true); recorded in bench.json.")
     parser.add_argument("--algos", default="bc,filtered_bc,ilql,qsft", help="Comma-separated algorithms.")
     parser.add_argument("--seeds", type=int, default=3, help="Training/evaluation seeds per algorithm.")
     parser.add_argument("--episodes", type=int, default=1000, help="Dataset size (episodes) to generate.")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(env=args.env, algos=[a.strip() for a in args.algos.split(",") if a.strip()],
                              seeds=args.seeds, episodes=args.episodes, eval_episodes=args.eval_episodes,
                              model=args.model, budget=args.budget, data_seed=args.data_seed, policy=args.policy,
-                             pretrain_steps=args.pretrain_steps)
+                             pretrain_steps=args.pretrain_steps, env_kwargs=parse_env_args(args.env_arg))
     out = args.out or f"bench-{args.env}"
     results = run_bench(settings, out, jobs=args.jobs if args.jobs is not None else default_jobs(args.model))
     print()

@@ -3,6 +3,7 @@
     qsft data generate --env maze --policy lmrl --episodes 1000 --seed 0 --out maze.jsonl
     qsft data stats maze.jsonl
     qsft data validate maze.jsonl
+    qsft data export maze.jsonl --format parquet --out maze.parquet
 
 `register(subparsers)` plugs the command into the main parser; every handler is stored as the
 parser's `handler` default, takes the parsed Namespace and returns the process exit code
@@ -90,11 +91,22 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors
+def run_export(args: argparse.Namespace) -> int:
+    """Write a dataset as Parquet or a Hugging Face `save_to_disk` folder."""
+    from qsft.data.io import export_episodes, load_episodes
+
+    episodes = load_episodes(args.file)
+    out = export_episodes(episodes, args.out, args.format)
+    print(f"wrote {len(episodes)} episodes to {out} ({args.format}); `--data {out}` reads it back")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `data` (with generate / stats / validate) to the main parser's subcommands."""
     data = subparsers.add_parser("data", help="generate, summarise and validate offline episode datasets",
                                  description="Generate, summarise and validate offline episode datasets.")
-    commands = data.add_subparsers(dest="data_command", metavar="{generate,stats,validate}")
+    commands = data.add_subparsers(dest="data_command", metavar="{generate,stats,validate,export}")
 
     def show_help(args: argparse.Namespace) -> int:
         data.print_help(sys.stderr)
@@ -127,4 +139,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a JSONL dataset; exit code 2 names the first bad line")
     validate.add_argument("file", help="JSONL dataset to validate")
     validate.set_defaults(handler=run_validate)
+
+    export = commands.add_parser("export", help="write a dataset as Parquet or a Hugging Face dataset folder")
+    export.add_argument("file", help="dataset to read (JSONL, Parquet or a dataset folder)")
+    export.add_argument("--format", choices=("parquet", "hf"), required=True,
+                        help="parquet: one file; hf: a `datasets` save_to_disk folder")
+    export.add_argument("--out", required=True, help="output file (parquet) or folder (hf)")
+    export.set_defaults(handler=run_export)
     return data

@@ -27,7 +27,7 @@ KNOWN_KEYS = {"id", "turns", "messages", "done", "meta"}
 
 
 def parse_episode(obj: Any, *, source: str | None = None, line: int | None = None,
-                  index: int = 0, image_dir: str | os.PathLike | None = None) -> Episode:
+                  index: int = 0, image_dir: str | os.PathLike | None = None, row: int | None = None) -> Episode:
     """Validate one decoded JSON object and build an `Episode` (native or HF chat shape).
 
     Image paths are resolved against `image_dir` (the dataset file's folder; None: as given) and
@@ -35,7 +35,7 @@ def parse_episode(obj: Any, *, source: str | None = None, line: int | None = Non
     """
 
     def fail(message: str, field: str | None = None, episode_id: str | None = None) -> EpisodeFormatError:
-        return EpisodeFormatError(message, source=source, line=line, episode_id=episode_id, field=field)
+        return EpisodeFormatError(message, source=source, line=line, episode_id=episode_id, field=field, row=row)
 
     if not isinstance(obj, dict):
         raise fail(f"an episode must be a JSON object, got {type(obj).__name__}")
@@ -131,15 +131,82 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[Episode]:
             index += 1
 
 
+def iter_table(path: str | os.PathLike) -> Iterator[Episode]:
+    """Yield episodes from a table of rows in one of the episode shapes: a Parquet file, a `save_to_disk`
+    folder, or a local Hugging Face dataset folder (`datasets.load_dataset(path)`, its `train` split)."""
+    path = Path(path)
+    source = str(path)
+    if path.is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise EpisodeFormatError(f"not a readable Parquet file: {_first_line(err)}", source=source) from None
+        rows: Iterable[Any] = (r for batch in table.iter_batches(batch_size=1024) for r in batch.to_pylist())
+    else:
+        rows = _dataset_rows(path)
+    for row, obj in enumerate(rows):
+        yield parse_episode(_drop_nulls(obj), source=source, row=row, index=row, image_dir=path.parent
+                            if path.is_file() else path)
+
+
+def _dataset_rows(path: Path) -> Iterable[Any]:
+    import datasets
+
+    try:
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # save_to_disk
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(str(path))
+    except Exception as err:  # noqa: BLE001 - datasets raises many types for a folder it cannot read
+        raise EpisodeFormatError(f"not a readable Hugging Face dataset folder: {_first_line(err)}",
+                                 source=str(path)) from None
+    if isinstance(loaded, (datasets.DatasetDict, dict)):
+        if "train" not in loaded:
+            raise EpisodeFormatError(f"a dataset with splits {sorted(loaded)} needs a 'train' split", source=str(path))
+        loaded = loaded["train"]
+    return loaded
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _drop_nulls(obj: Any) -> Any:
+    """Arrow tables give every row every column: a field one row lacks comes back as None. Drop them, so a
+    table reads like the JSON objects it was made from (an absent `reward` is 0, not an error)."""
+    if isinstance(obj, dict):
+        return {k: _drop_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_nulls(v) for v in obj]
+    return obj
+
+
+TABLE_SUFFIXES = (".parquet",)
+
+
+def iter_episodes(path: str | os.PathLike) -> Iterator[Episode]:
+    """Episodes from a JSONL file, a Parquet file, or a dataset folder (see `iter_table`)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix in TABLE_SUFFIXES:
+        if not path.exists():
+            raise EpisodeFormatError("file not found", source=str(path))
+        return iter_table(path)
+    return iter_jsonl(path)
+
+
 def load_episodes(data: str | os.PathLike | Iterable[Any], *, check_unique_ids: bool = True) -> list[Episode]:
-    """Load episodes from a JSONL path, a `datasets.Dataset`, or an iterable of dicts/Episodes."""
+    """Load episodes from a path (`iter_episodes`), a `datasets.Dataset`, or an iterable of dicts/Episodes."""
     if isinstance(data, (str, os.PathLike)):
-        episodes = list(iter_jsonl(data))
+        episodes = list(iter_episodes(data))
         source = str(data)
     else:
         source = type(data).__name__
+        table = hasattr(data, "features")  # a `datasets.Dataset`: Arrow rows carry None for absent fields
         episodes = [
-            item if isinstance(item, Episode) else parse_episode(item, source=source, line=None, index=i)
+            item if isinstance(item, Episode) else parse_episode(_drop_nulls(item) if table else item, source=source,
+                                                                 row=i, index=i)
             for i, item in enumerate(data)
         ]
     if not episodes:
@@ -162,3 +229,50 @@ def save_episodes(path: str | os.PathLike, episodes: Iterable[Episode]) -> int:
             handle.write(json.dumps(ep.to_dict(), ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def sidecar_path(data: str | os.PathLike) -> Path:
+    """Where the summary of a dataset file lives: `<data>.stats.json`."""
+    return Path(f"{os.fspath(data)}.stats.json")
+
+
+def data_sidecar(data: str | os.PathLike) -> dict[str, Any] | None:
+    """The stats sidecar `qsft data generate` writes beside a data file, if any."""
+    path = sidecar_path(data)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+EXPORT_FORMATS = ("parquet", "hf")
+
+
+def export_episodes(episodes: list[Episode], out: str | os.PathLike, fmt: str) -> Path:
+    """Write episodes as a table that `load_episodes` (and `datasets`) read back: one row per episode in the
+    native shape, as a Parquet file or a `save_to_disk` folder. Written beside `out` and renamed into place,
+    so an interrupted export leaves nothing half-written."""
+    import shutil
+    import tempfile
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    if fmt not in EXPORT_FORMATS:
+        raise EpisodeFormatError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    if any(t.image is not None for ep in episodes for t in ep.turns):
+        raise EpisodeFormatError("exporting episodes with images is not supported yet (their paths are relative "
+                                 "to the JSONL file); keep the JSONL for image data")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = datasets.Dataset.from_list([ep.to_dict() for ep in episodes])
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if fmt == "parquet":
+            table.to_parquet(str(scratch / "data.parquet"))
+            os.replace(scratch / "data.parquet", out)
+        else:
+            table.save_to_disk(str(scratch / "dataset"))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(scratch / "dataset", out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out

@@ -19,7 +19,7 @@ from qsft.decoding.generation import DecodingModels
 from qsft.errors import ConfigError, ModelLoadError
 from qsft.models.loading import load_tokenizer
 from qsft.models.run_models import load_run_models
-from qsft.training.run import RunInfo
+from qsft.run_info import RunInfo
 
 SINGLE_MODEL_ALGOS = ("bc", "filtered_bc")
 DEFAULT_SUPPORT_THRESHOLD = 1e-4

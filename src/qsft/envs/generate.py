@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from qsft.data.episode import Episode, Turn
 from qsft.data.images import has_images, write_episode_images
-from qsft.data.io import save_episodes
+from qsft.data.io import save_episodes, sidecar_path
 from qsft.envs.base import TextEnv
 from qsft.envs.policies import Policy, default_policy_spec, make_policy
 from qsft.envs.registry import make
@@ -138,7 +138,7 @@ def summarize(episodes: Sequence[Episode], env: TextEnv | None = None) -> dict[s
 
 def stats_path(out_path: str | os.PathLike) -> Path:
     """Where the summary of a dataset file lives: `<out>.stats.json`."""
-    return Path(f"{os.fspath(out_path)}.stats.json")
+    return sidecar_path(out_path)
 
 
 def env_config(env: TextEnv) -> dict[str, Any]:

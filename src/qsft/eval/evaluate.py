@@ -25,7 +25,8 @@ from qsft.eval.metrics import EvalSummary, format_summary, normalization, summar
 from qsft.eval.plots import return_histogram
 from qsft.eval.rollout import EpisodeResult, rollout
 from qsft.io import atomic_write_json
-from qsft.training.run import RunInfo
+from qsft.model_card import write_model_card
+from qsft.run_info import RunInfo
 
 RESULTS_KIND = "qsft-eval"
 
@@ -151,4 +152,6 @@ def evaluate(run_dir: str | os.PathLike, env_name: str | None = None, episodes: 
     result = EvalResult(config, summary, results)
     if out is not None:
         result.save(out)
+        if Path(out).resolve().parent == Path(run_dir).resolve():  # results kept with the run: list them there
+            write_model_card(run_dir)
     return result

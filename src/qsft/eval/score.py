@@ -29,7 +29,7 @@ from qsft.errors import ConfigError, ModelLoadError
 from qsft.io import atomic_open
 from qsft.models.loading import bos_token_id, load_tokenizer
 from qsft.models.run_models import load_run_models
-from qsft.training.run import RunInfo
+from qsft.run_info import RunInfo
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from qsft.errors import ModelLoadError
 from qsft.models.loading import load_model
 from qsft.models.lora import merged_model
+from qsft.run_info import RunInfo
 
 
 def load_run_models(run_dir: str | Path, dtype: torch.dtype | None = None):
@@ -19,8 +20,6 @@ def load_run_models(run_dir: str | Path, dtype: torch.dtype | None = None):
     so callers always get plain Hugging Face causal LMs. ILQL runs need
     `qsft.training.ilql.load_ilql_policy` instead (their heads are not part of the LM).
     """
-    from qsft.training.run import RunInfo  # the run's description lives with `train()`, which writes it
-
     run_dir = Path(run_dir)
     info = RunInfo.load(run_dir)
     behavior_dir = info.behavior_path(run_dir)

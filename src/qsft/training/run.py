@@ -22,11 +22,11 @@ Only the main process writes OUT files (`should_save`); the others wait where th
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,12 @@ from qsft.algorithms.qsft import DUMMY_VARIANTS
 from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode
 from qsft.data.images import VisionInputs, has_images, load_image
-from qsft.data.io import load_episodes
+from qsft.data.io import data_sidecar, load_episodes
 from qsft.data.rewards import apply_reward_transform
 from qsft.data.support import DataSupport
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer
-from qsft.data.tokenize import TokenMDPConfig
 from qsft.errors import ConfigError
-from qsft.io import atomic_write_json
+from qsft.model_card import write_model_card
 from qsft.models.behavior_cache import (
     CACHE_FILE,
     BehaviorCachedDataset,
@@ -71,6 +70,7 @@ from qsft.models.lora import (
     wrap_with_behavior_adapter,
 )
 from qsft.models.vlm import build_tiny_vlm, load_vision
+from qsft.run_info import RUN_FILE, RunInfo
 from qsft.training.bc import BCTrainer
 from qsft.training.checkpoints import latest_complete_checkpoint
 from qsft.training.config import BCConfig, FilteredBCConfig, PretrainConfig, QSFTConfig
@@ -79,67 +79,11 @@ from qsft.training.ilql import ILQLConfig, MCConfig, train_ilql
 from qsft.training.pretrain import PretrainTrainer, transition_windows
 from qsft.training.qsft_trainer import QSFTTrainer
 
-RUN_FILE = "qsft.json"
 ALGORITHMS = ("bc", "filtered_bc", "qsft", "ilql", "mc")  # the methods `qsft bench` compares
 PRETRAIN = "pretrain"  # not a policy: a base model for the methods (`qsft pretrain`)
 CONFIG_CLASSES = {"bc": BCConfig, "filtered_bc": FilteredBCConfig, "qsft": QSFTConfig, "ilql": ILQLConfig,
                   "mc": MCConfig, PRETRAIN: PretrainConfig}
 HEAD_ALGOS = ("ilql", "mc")  # an LM with ILQL's Q/V heads
-
-
-@dataclass
-class RunInfo:
-    """The contents of OUT/qsft.json."""
-
-    algo: str
-    behavior_model: str | None = None  # relative to the run dir when inside it
-    loss_variant: str | None = None
-    dummy_token: str | None = None
-    dummy_token_id: int | None = None
-    gamma: float | None = None
-    support_threshold: float | None = None
-    reward: dict[str, Any] | None = None
-    history_turns: int | None = None
-    max_length: int = 512
-    reply_tokens: int | None = None  # tokens reserved after each state's context (None: a run from before it)
-    data: str | None = None
-    env: str | None = None
-    data_stats: dict[str, Any] | None = None
-    lora: bool = False  # the Q-model (run dir) and behavior model are LoRA adapters of `base_model`
-    base_model: str | None = None  # relative to the run dir when inside it
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, run_dir: str | Path) -> None:
-        atomic_write_json(Path(run_dir) / RUN_FILE, {f.name: getattr(self, f.name) for f in fields(self)})
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> RunInfo:
-        path = Path(run_dir) / RUN_FILE
-        if not path.is_file():
-            raise ConfigError(f"{run_dir} is not a qsft run: {RUN_FILE} is missing (train with `qsft train`)")
-        data = json.loads(path.read_text())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def behavior_path(self, run_dir: str | Path) -> Path | None:
-        return _resolve(run_dir, self.behavior_model)
-
-    def token_mdp_config(self, tokenizer) -> TokenMDPConfig:
-        """The context layout this run trained with, for reading its states again (policy, critic).
-
-        gamma only shapes targets, not contexts; `reserve` None marks a run from before reply_tokens.
-        """
-        return TokenMDPConfig(self.gamma or 1.0, self.max_length, bos_token_id(tokenizer), tokenizer.eos_token_id,
-                              history_turns=self.history_turns, reserve=self.reply_tokens)
-
-    def base_path(self, run_dir: str | Path) -> Path | None:
-        return _resolve(run_dir, self.base_model)
-
-
-def _resolve(run_dir: str | Path, path: str | None) -> Path | None:
-    if path is None:
-        return None
-    return Path(path) if Path(path).is_absolute() else Path(run_dir) / path
 
 
 def make_config(algo: str, out: str | Path, overrides: dict[str, Any] | None = None):
@@ -154,11 +98,6 @@ def make_config(algo: str, out: str | Path, overrides: dict[str, Any] | None = N
         raise ConfigError(f"unknown config key(s) for --algo {algo}: {', '.join(unknown)}")
     overrides["output_dir"] = str(out)
     return cls(**overrides)
-
-
-def _data_sidecar(data: str | Path) -> dict[str, Any] | None:
-    path = Path(f"{data}.stats.json")
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _base_model_and_tokenizer(model: str, episodes: list[Episode], config):
@@ -230,7 +169,7 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
         check_model_dir(model)  # fail before any data is read or anything is written
     set_seed(config.seed)
     episodes = load_episodes(data) if not isinstance(data, list) else data
-    sidecar = _data_sidecar(data) if not isinstance(data, list) else None
+    sidecar = data_sidecar(data) if not isinstance(data, list) else None
     info = RunInfo(algo=algo, history_turns=config.history_turns, max_length=config.max_length,
                    data=None if isinstance(data, list) else str(Path(data).resolve()),
                    env=env or (sidecar or {}).get("env"), data_stats=sidecar)
@@ -265,8 +204,27 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
         else:
             _train_qsft(model, episodes, config, overrides, out, info, callbacks)
     info.reply_tokens = config.reply_tokens
+    info.settings = changed_settings(config)
     if config.should_save:
         info.save(out)
+        write_model_card(out)
+    return out
+
+
+# TrainingArguments fields that describe the machine or the log, not the training
+_NOT_SETTINGS = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "dataloader_num_workers",
+                 "use_cpu", "local_rank", "save_strategy", "save_steps", "logging_steps"}
+
+
+def changed_settings(config) -> dict[str, Any]:
+    """The config fields (YAML, flags) that differ from a default config of the same class, JSON-ready."""
+    default = type(config)(output_dir=config.output_dir)  # defaults after __post_init__'s own conversions
+    out = {}
+    for f in fields(config):
+        if f.init and f.name not in _NOT_SETTINGS and getattr(config, f.name) != getattr(default, f.name):
+            value = getattr(config, f.name)
+            value = value.value if isinstance(value, Enum) else value
+            out[f.name] = value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
     return out
 
 
@@ -339,7 +297,8 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
     if variant in DUMMY_VARIANTS:
         dummy_id = ensure_dummy_token(tokenizer, q_model, config.dummy_token)
         resize_embeddings(behavior, len(tokenizer))
-    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, vision=vision)
+    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, vision=vision,
+                                   best_returns=config.mc_lower_bound == "best")
     support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
     if _use_behavior_cache(config, len(dataset), vision is not None):
         dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info, support)
@@ -443,7 +402,7 @@ def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out
     add_q_and_target_adapters(peft_model, q_from_behavior=config.q_init == "behavior")
     info.lora = True
 
-    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id)
+    dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, best_returns=config.mc_lower_bound == "best")
     support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
     trainer = QSFTTrainer(peft_model, None, config, dataset, tokenizer, dummy_token_id=dummy_id, data_support=support,
                           callbacks=callbacks)
