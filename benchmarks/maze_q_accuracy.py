@@ -57,7 +57,7 @@ from qsft.data.rewards import apply_reward_transform, partial_returns  # noqa: E
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 from qsft.data.tokenize import SegmentEncoder, context_ids  # noqa: E402
 from qsft.envs.generate import generate_episodes  # noqa: E402
-from qsft.envs.maze import MOVES, MazeEnv  # noqa: E402
+from qsft.envs.maze.env import MOVES, MazeEnv  # noqa: E402
 from qsft.models.loading import build_tiny_model, load_model, load_tokenizer  # noqa: E402
 from qsft.training.run import RunInfo, train  # noqa: E402
 

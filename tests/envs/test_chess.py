@@ -3,8 +3,9 @@ import random
 import chess
 import pytest
 
-from qsft.envs import make, make_policy, stockfish
-from qsft.envs.chess_endgames import ChessEndgameEnv, parse_move, random_endgame, spaced_fen
+from qsft.envs import make, make_policy
+from qsft.envs.chess import stockfish
+from qsft.envs.chess.env import ChessEndgameEnv, parse_move, random_endgame, spaced_fen
 from qsft.envs.generate import generate_episodes, run_episode
 from qsft.errors import EnvError
 
@@ -149,7 +150,7 @@ def test_engine_restarts_after_dying_and_exit_does_not_hang():
     os.kill(stockfish._engine_for_this_process().protocol.transport.get_pid(), signal.SIGKILL)
     assert stockfish.best_move(board, 6) in mates
     # SimpleEngine's I/O thread is not a daemon: without the early exit hook this would hang.
-    code = ("import chess; from qsft.envs import stockfish; "
+    code = ("import chess; from qsft.envs.chess import stockfish; "
             "print(stockfish.best_move(chess.Board('7k/8/6K1/8/8/8/8/Q7 w - - 0 1'), 4))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() in {"a1a8", "a1g7"}, result.stderr

@@ -1,7 +1,7 @@
 import pytest
 
 from qsft.envs import make
-from qsft.envs.maze import DOUBLE_T_MAZE, MOVES, MazeEnv, MazeLayout, parse_move
+from qsft.envs.maze.env import DOUBLE_T_MAZE, MOVES, MazeEnv, MazeLayout, parse_move
 
 
 def test_observation_text_matches_lmrl_gym():

@@ -9,7 +9,7 @@ import pytest
 from qsft.data.io import load_episodes
 from qsft.envs import make, make_policy
 from qsft.envs.generate import generate_dataset, run_episode
-from qsft.envs.minigrid_env import ACTIONS, TASKS
+from qsft.envs.minigrid.env import ACTIONS, TASKS
 from qsft.envs.registry import MINIGRID_TASKS
 from qsft.errors import EpisodeFormatError
 

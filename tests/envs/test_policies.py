@@ -5,9 +5,9 @@ import pytest
 
 from qsft.envs import default_policy_spec, make, make_policy, policy_specs
 from qsft.envs.generate import generate_episodes, run_episode
-from qsft.envs.maze_policies import DOUBLE_T_REGIONS, MazeRegionPolicy
+from qsft.envs.maze.policies import DOUBLE_T_REGIONS, MazeRegionPolicy
 from qsft.envs.policies import EpsilonPolicy, MixturePolicy
-from qsft.envs.wordle import feedback
+from qsft.envs.wordle.env import feedback
 from qsft.errors import ConfigError, EnvError
 
 POSITION = re.compile(r"Your current position is at position ([\d ]+), ([\d ]+)\.")

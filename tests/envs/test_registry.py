@@ -98,8 +98,38 @@ def test_gym_adapter_errors():
 
 
 def test_envs_package_imports_no_model_code():
-    code = ("import sys, qsft.envs, qsft.envs.generate, qsft.envs.chess_policies, qsft.envs.wordle_policies, "
-            "qsft.envs.maze_policies; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+    code = ("import sys, qsft.envs, qsft.envs.generate, qsft.envs.chess.policies, qsft.envs.wordle.policies, "
+            "qsft.envs.maze.policies; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "sys.exit(str(bad) if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_each_environment_is_one_folder_that_imports_no_other_environment():
+    """Issue #19's layout: envs/<name>/ holds its own code; shared parts live in envs/ itself."""
+    import ast
+    from pathlib import Path
+
+    import qsft.envs
+
+    root = Path(qsft.envs.__file__).parent
+    folders = sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file())
+    assert {"maze", "wordle", "chess", "minigrid", "textworld"} <= set(folders)
+    for folder in folders:
+        for source in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[:2] == ["qsft", "envs"] and len(parts) > 2 and parts[2] in folders:
+                        assert parts[2] == folder, f"{source.relative_to(root)} imports {name}"
+
+
+def test_registered_entries_name_their_policies_lazily():
+    code = ("import sys, qsft.envs; from qsft.envs.registry import list_envs, policies_of; "
+            "missing = [n for n in list_envs() if policies_of(n) is None]; "
+            "loaded = [m for m in sys.modules if m.startswith('qsft.envs.') and m.count('.') >= 3]; "
+            "sys.exit(str((missing, loaded)) if missing or loaded else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

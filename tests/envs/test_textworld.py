@@ -8,9 +8,9 @@ pytest.importorskip("textworld")
 
 from qsft.envs import make, make_policy, policy_specs  # noqa: E402
 from qsft.envs.generate import generate_episodes, summarize  # noqa: E402
-from qsft.envs.textworld_env import TextWorldEnv, clean_feedback, normalize_command  # noqa: E402
-from qsft.envs.textworld_games import TASKS, ensure_game, load_meta  # noqa: E402
-from qsft.envs.textworld_policies import HalfCompetentPolicy  # noqa: E402
+from qsft.envs.textworld.env import TextWorldEnv, clean_feedback, normalize_command  # noqa: E402
+from qsft.envs.textworld.games import TASKS, ensure_game, load_meta  # noqa: E402
+from qsft.envs.textworld.policies import HalfCompetentPolicy  # noqa: E402
 
 MALFORMED = ["", "   ", "xyzzy", "quit", "restart", "undo", "save", "go north. go south", "go east then go west",
              "take everything, drop everything", "ôpen fridge", "a" * 500, "take", "open the moon", "go nowhere", "eat the moon"]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from qsft.envs import make
-from qsft.envs.wordle import Guess, WordleEnv, WordleVocabulary, feedback
-from qsft.envs.wordle_solver import WordleSolver, decode_feedback, encode_feedback, feedback_table
+from qsft.envs.wordle.env import Guess, WordleEnv, WordleVocabulary, feedback
+from qsft.envs.wordle.solver import WordleSolver, decode_feedback, encode_feedback, feedback_table
 from qsft.errors import EnvError
 
 

@@ -13,13 +13,13 @@ board); it never sees a model. Specs, for every built-in environment:
 
 plus environment-specific ones (see `policy_specs(env_name)`):
 
-* maze:   `lmrl[:P]`        LMRL-Gym-style region-confined data (the default, see maze_policies);
+* maze:   `lmrl[:P]`        LMRL-Gym-style region-confined data (the default, see maze/policies.py);
 * wordle: `consistent:P`    per guess, a random answer consistent with the feedback so far with
                             probability P, else a random vocabulary word;
 * chess:  `stockfish:D`     Stockfish best move at depth D.
 
 For `epsilon` and `mixture` the good policy is `optimal`, except for chess where it is Stockfish
-at the behavior depth (see chess_policies), which keeps dataset generation fast.
+at the behavior depth (see chess/policies.py), which keeps dataset generation fast.
 """
 
 from __future__ import annotations
@@ -105,28 +105,13 @@ class PolicyFamily:
 
 
 def _family(env_name: str) -> PolicyFamily:
-    if env_name in ("maze", "maze-po"):
-        from qsft.envs.maze_policies import MAZE_POLICIES
+    from qsft.envs.registry import policies_of, resolve
 
-        return MAZE_POLICIES
-    if env_name == "wordle":
-        from qsft.envs.wordle_policies import WORDLE_POLICIES
-
-        return WORDLE_POLICIES
-    if env_name.startswith("chess-"):
-        from qsft.envs.chess_policies import CHESS_POLICIES
-
-        return CHESS_POLICIES
-    if env_name.startswith("minigrid-"):
-        from qsft.envs.minigrid_policies import MINIGRID_POLICIES
-
-        return MINIGRID_POLICIES
-    if env_name.startswith("textworld-"):
-        from qsft.envs.textworld_policies import TEXTWORLD_POLICIES
-
-        return TEXTWORLD_POLICIES
-    raise EnvError(f"no scripted behavior policies for environment {env_name!r}; they exist for maze, "
-                   "maze-po, wordle, chess-*, minigrid-* and textworld-*")
+    path = policies_of(env_name)
+    if path is None:
+        raise EnvError(f"no scripted behavior policies for environment {env_name!r}; they exist for maze, "
+                       "maze-po, wordle, chess-*, minigrid-* and textworld-*")
+    return resolve(path)
 
 
 def parse_probability(spec: str, value: float | None, *, default: float | None = None) -> float:

@@ -1,16 +1,21 @@
 """Environment registry: `make(name, **kwargs)` builds any registered text environment.
 
+Every environment is a folder (`envs/<name>/`: `env.py`, `policies.py`, its data and helpers) plus one
+`register(...)` line at the bottom of this file naming its class and its scripted behavior policies by import
+path, so listing environments never imports one (no engine starts, no word list loads).
+
 Built-in names: `maze`, `maze-po`, `wordle`, `chess-kq`, `chess-kr`, `chess-kqr`, `chess-krr`,
-`chess-endgames` (a mix of the four), `minigrid-<task>` (image observations, see minigrid_env.TASKS,
+`chess-endgames` (a mix of the four), `minigrid-<task>` (image observations, see `minigrid.env.TASKS`,
 e.g. `minigrid-empty-random-6x6`), `textworld-nav`, `textworld-nav-hard`, `textworld-simple`,
-`textworld-coin` (Microsoft TextWorld games, see textworld_games.TASKS). `gym:<id>` wraps a
-gymnasium environment with text observations and actions (`GymTextEnv`). Factories import their module only when called, so
-listing environments never starts an engine or loads a word list.
+`textworld-coin` (Microsoft TextWorld games, see `textworld.games.TASKS`). `gym:<id>` wraps a
+gymnasium environment with text observations and actions (`GymTextEnv`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from qsft.envs.base import TextEnv
@@ -19,16 +24,48 @@ from qsft.errors import EnvError
 EnvFactory = Callable[..., TextEnv]
 GYM_PREFIX = "gym:"
 
-_REGISTRY: dict[str, EnvFactory] = {}
 
 
-def register(name: str, factory: EnvFactory, *, overwrite: bool = False) -> None:
-    """Make `make(name, **kwargs)` call `factory(**kwargs)`."""
+@dataclass(frozen=True)
+class EnvEntry:
+    factory: EnvFactory
+    policies: str | None = None  # "module:ATTRIBUTE" of its `PolicyFamily` (qsft.envs.policies)
+
+
+_REGISTRY: dict[str, EnvEntry] = {}
+
+
+def register(name: str, factory: EnvFactory | str, *, policies: str | None = None, overwrite: bool = False,
+             **fixed: Any) -> None:
+    """Make `make(name, **kwargs)` call `factory(**fixed, **kwargs)`.
+
+    `factory` is a callable or a lazy "module:Class" path (imported on the first `make`); `policies` the
+    "module:ATTRIBUTE" path of the environment's scripted behavior policies (`qsft data generate`)."""
     if not name or name.startswith(GYM_PREFIX):
         raise EnvError(f"cannot register {name!r}: names must be non-empty and not start with {GYM_PREFIX!r}")
     if name in _REGISTRY and not overwrite:
         raise EnvError(f"environment {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = factory
+    build = factory if callable(factory) else _lazy(factory)
+    _REGISTRY[name] = EnvEntry((lambda **kwargs: build(**fixed, **kwargs)) if fixed else build, policies)
+
+
+def resolve(path: str) -> Any:
+    """The object a "module:ATTRIBUTE" path names (imported now)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _lazy(path: str) -> EnvFactory:
+    def factory(**kwargs: Any) -> TextEnv:
+        return resolve(path)(**kwargs)
+
+    return factory
+
+
+def policies_of(name: str) -> str | None:
+    """The registered behavior-policy path of `name`, None when it has none (or is not registered)."""
+    entry = _REGISTRY.get(name)
+    return entry.policies if entry is not None else None
 
 
 def list_envs() -> list[str]:
@@ -41,74 +78,32 @@ def make(name: str, **kwargs: Any) -> TextEnv:
         from qsft.envs.gym_adapter import GymTextEnv
 
         return GymTextEnv(name[len(GYM_PREFIX):], **kwargs)
-    factory = _REGISTRY.get(name)
-    if factory is None:
+    entry = _REGISTRY.get(name)
+    if entry is None:
         raise EnvError(f"unknown environment {name!r}; known: {', '.join(list_envs())} "
                        f"(or {GYM_PREFIX}<id> for a gymnasium environment with text observations)")
     try:
-        return factory(**kwargs)
+        return entry.factory(**kwargs)
     except TypeError as err:
         raise EnvError(f"environment {name!r}: bad arguments {sorted(kwargs)}: {err}") from None
 
 
-def _maze(**kwargs: Any) -> TextEnv:
-    from qsft.envs.maze import MazeEnv
-
-    return MazeEnv(partially_observed=False, **kwargs)
-
-
-def _maze_po(**kwargs: Any) -> TextEnv:
-    from qsft.envs.maze import MazeEnv
-
-    return MazeEnv(partially_observed=True, **kwargs)
-
-
-def _wordle(**kwargs: Any) -> TextEnv:
-    from qsft.envs.wordle import WordleEnv
-
-    return WordleEnv(**kwargs)
-
-
-def _chess(endgame: str) -> EnvFactory:
-    def factory(**kwargs: Any) -> TextEnv:
-        from qsft.envs.chess_endgames import ChessEndgameEnv
-
-        return ChessEndgameEnv(endgame=endgame, **kwargs)
-
-    return factory
-
-
-def _minigrid(task: str) -> EnvFactory:
-    def factory(**kwargs: Any) -> TextEnv:
-        from qsft.envs.minigrid_env import MinigridEnv
-
-        return MinigridEnv(task=task, **kwargs)
-
-    return factory
-
-
-# MiniGrid tasks; kept in step with qsft.envs.minigrid_env.TASKS (importing it here would load gymnasium)
+# MiniGrid and TextWorld task names are kept in step with `minigrid.env.TASKS` / `textworld.games.TASKS`
+# (importing those here would load gymnasium / textworld).
 MINIGRID_TASKS = ("empty-5x5", "empty-random-5x5", "empty-6x6", "empty-random-6x6", "empty-8x8")
-
-register("maze", _maze)
-register("maze-po", _maze_po)
-register("wordle", _wordle)
-for _endgame in ("kq", "kr", "kqr", "krr", "endgames"):
-    register(f"chess-{_endgame}", _chess(_endgame))
-for _task in MINIGRID_TASKS:
-    register(f"minigrid-{_task}", _minigrid(_task))
-
-
-def _textworld(task: str) -> EnvFactory:
-    def factory(**kwargs: Any) -> TextEnv:
-        from qsft.envs.textworld_env import TextWorldEnv
-
-        return TextWorldEnv(task=task, **kwargs)
-
-    return factory
-
-
-# TextWorld tasks; kept in step with qsft.envs.textworld_games.TASKS (importing it here would load textworld)
 TEXTWORLD_TASKS = ("nav", "nav-hard", "simple", "coin")
+
+register("maze", "qsft.envs.maze.env:MazeEnv", policies="qsft.envs.maze.policies:MAZE_POLICIES",
+         partially_observed=False)
+register("maze-po", "qsft.envs.maze.env:MazeEnv", policies="qsft.envs.maze.policies:MAZE_POLICIES",
+         partially_observed=True)
+register("wordle", "qsft.envs.wordle.env:WordleEnv", policies="qsft.envs.wordle.policies:WORDLE_POLICIES")
+for _endgame in ("kq", "kr", "kqr", "krr", "endgames"):
+    register(f"chess-{_endgame}", "qsft.envs.chess.env:ChessEndgameEnv",
+             policies="qsft.envs.chess.policies:CHESS_POLICIES", endgame=_endgame)
+for _task in MINIGRID_TASKS:
+    register(f"minigrid-{_task}", "qsft.envs.minigrid.env:MinigridEnv",
+             policies="qsft.envs.minigrid.policies:MINIGRID_POLICIES", task=_task)
 for _task in TEXTWORLD_TASKS:
-    register(f"textworld-{_task}", _textworld(_task))
+    register(f"textworld-{_task}", "qsft.envs.textworld.env:TextWorldEnv",
+             policies="qsft.envs.textworld.policies:TEXTWORLD_POLICIES", task=_task)

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 from qsft.envs.base import TextEnv
-from qsft.envs.maze import DOUBLE_T_MAZE, MOVES, Cell, MazeEnv
+from qsft.envs.maze.env import DOUBLE_T_MAZE, MOVES, Cell, MazeEnv
 from qsft.envs.policies import Policy, PolicyFamily, parse_probability
 from qsft.errors import EnvError
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from qsft.envs import stockfish
 from qsft.envs.base import TextEnv
-from qsft.envs.chess_endgames import ChessEndgameEnv
+from qsft.envs.chess import stockfish
+from qsft.envs.chess.env import ChessEndgameEnv
 from qsft.envs.policies import Policy, PolicyFamily
 from qsft.errors import ConfigError, EnvError
 

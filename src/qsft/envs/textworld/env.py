@@ -1,6 +1,6 @@
 """Microsoft TextWorld games as qsft text environments (`textworld-nav`, `-nav-hard`, `-simple`, `-coin`).
 
-Each environment plays a small pool of compiled games (see `textworld_games`: what the tasks
+Each environment plays a small pool of compiled games (see `textworld/games.py`: what the tasks
 are, how games are generated and cached). `reset(seed)` plays game `seed % pool_size` of the
 pool, whose games come from generation seeds `game_seed .. game_seed + pool_size - 1`; games are
 built on first use, so `make()` is cheap.
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from qsft.envs.base import StepResult, TextEnv
-from qsft.envs.textworld_games import (
+from qsft.envs.textworld.games import (
     GAME_FILE,
     ensure_game,
     exits,

@@ -17,7 +17,7 @@ A guess that is not a 5-letter word of the guess vocabulary is invalid: it is ec
 empty feedback line ("x y z z y\\n\\n"), costs -1 like any wrong guess, and uses up one of the six
 guesses (so an agent cannot stall, and the return bounds stay [-6, 0]).
 
-Word lists live in `envs/data/`: `wordle_answers.txt` (497 common words, the hidden answers) and
+Word lists live in `envs/wordle/data/`: `wordle_answers.txt` (497 common words, the hidden answers) and
 `wordle_guesses.txt` (2,672 words accepted as guesses, a superset of the answers).
 """
 
@@ -64,7 +64,7 @@ def normalize_guess(action: str) -> str:
 
 
 def _read_words(filename: str) -> tuple[str, ...]:
-    text = resources.files("qsft.envs").joinpath("data").joinpath(filename).read_text(encoding="utf-8")
+    text = resources.files("qsft.envs.wordle").joinpath("data").joinpath(filename).read_text(encoding="utf-8")
     words = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return tuple(words)
 
@@ -136,7 +136,7 @@ class WordleEnv(TextEnv):
         probability 1/|answers|), so the solver's return is the 100-point anchor of the
         normalised score; the hard upper bound 0 would make 100 unreachable.
         """
-        from qsft.envs.wordle_solver import WordleSolver
+        from qsft.envs.wordle.solver import WordleSolver
 
         answer = self.answer if seed is None else self.answer_for_seed(seed)
         return WordleSolver.for_vocabulary(self.vocabulary).solver_return(answer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from qsft.envs.base import TextEnv
-from qsft.envs.minigrid_env import ACTIONS, MinigridEnv
+from qsft.envs.minigrid.env import ACTIONS, MinigridEnv
 from qsft.envs.policies import Policy, PolicyFamily
 from qsft.errors import EnvError
 

@@ -22,8 +22,8 @@ import random
 
 import chess
 
-from qsft.envs import stockfish
 from qsft.envs.base import StepResult, TextEnv
+from qsft.envs.chess import stockfish
 from qsft.errors import EnvError
 
 # White's pieces besides the king, per endgame name.

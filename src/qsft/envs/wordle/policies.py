@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from qsft.envs.base import TextEnv
 from qsft.envs.policies import Policy, PolicyFamily, parse_probability
-from qsft.envs.wordle import WordleEnv
-from qsft.envs.wordle_solver import WordleSolver
+from qsft.envs.wordle.env import WordleEnv
+from qsft.envs.wordle.solver import WordleSolver
 from qsft.errors import EnvError
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from qsft.envs.base import TextEnv
 from qsft.envs.policies import Policy, PolicyFamily, parse_probability
-from qsft.envs.textworld_env import TextWorldEnv
+from qsft.envs.textworld.env import TextWorldEnv
 from qsft.errors import EnvError
 
 

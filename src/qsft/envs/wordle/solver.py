@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qsft.envs.wordle import MAX_GUESSES, WORD_LENGTH, Guess, WordleVocabulary, feedback
+from qsft.envs.wordle.env import MAX_GUESSES, WORD_LENGTH, Guess, WordleVocabulary, feedback
 
 N_PATTERNS = 3**WORD_LENGTH
 ALL_GREEN = N_PATTERNS - 1

@@ -1,0 +1,1 @@
+"""Chess endgames against Stockfish (`chess-kq`, ...): `env.py`, `stockfish.py` (the engine), `policies.py`."""

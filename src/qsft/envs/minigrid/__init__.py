@@ -1,0 +1,1 @@
+"""MiniGrid with image observations (`minigrid-<task>`): `env.py` the adapter, `policies.py` the scripted behavior."""
