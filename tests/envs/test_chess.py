@@ -154,3 +154,16 @@ def test_engine_restarts_after_dying_and_exit_does_not_hang():
             "print(stockfish.best_move(chess.Board('7k/8/6K1/8/8/8/8/Q7 w - - 0 1'), 4))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() in {"a1a8", "a1g7"}, result.stderr
+
+
+def test_legal_moves_variant_lists_whites_moves_and_keeps_the_fen_line():
+    plain, listed = make("chess-kq"), make("chess-kq", legal_moves=True)
+    first, with_moves = plain.reset(seed=5), listed.reset(seed=5)
+    assert with_moves.startswith(first)  # the default variant's text is a prefix
+    fen_line, legal_line = with_moves.splitlines()
+    moves = legal_line.removeprefix("legal: ").split()
+    assert legal_line.startswith("legal: ") and moves == sorted(listed.board.san(m) for m in listed.board.legal_moves)
+    observation, reward, done, info = listed.step(moves[0])
+    assert not info["invalid"] and (done or observation.splitlines()[1].startswith("legal: "))
+    observation, reward, done, info = listed.step("Zz9")
+    assert info["invalid"] and reward == -1.0 and "legal: " in observation

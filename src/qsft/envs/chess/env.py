@@ -14,6 +14,10 @@ Rewards: +1 when white mates (the episode ends, success); 0 for an ordinary move
 the episode ends); -1 if white is mated (impossible here, kept for completeness); -1 for an
 illegal or unparseable move, which leaves the board unchanged and the episode running (as in
 LMRL-Gym, so returns of a bad agent go below -1). At most 50 white moves (illegal attempts count).
+
+`legal_moves=True` (`--env-arg legal_moves=true`, off by default): the observation also lists white's legal
+moves in SAN, sorted, on a second line ("legal: Kb2 Qd7+ ...\n"), as agent benchmarks that list admissible
+commands do (ALFWorld, TextWorld). The FEN line is unchanged, so the default variant's text is a prefix of it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ def random_endgame(pieces: str, rng: random.Random) -> chess.Board:
 
 def spaced_fen(board: chess.Board) -> str:
     return " ".join(board.fen()) + "\n"
+
+
+def legal_moves_line(board: chess.Board) -> str:
+    """White's legal moves in SAN, sorted: the `legal_moves` variant's second observation line."""
+    return "legal: " + " ".join(sorted(board.san(m) for m in board.legal_moves)) + "\n"
 
 
 def game_outcome(board: chess.Board) -> chess.Outcome | None:
@@ -97,7 +106,7 @@ class ChessEndgameEnv(TextEnv):
     ILLEGAL_MOVE_REWARD = -1.0
 
     def __init__(self, endgame: str = "kq", opponent_depth: int = DEFAULT_OPPONENT_DEPTH,
-                 max_turns: int = 50) -> None:
+                 max_turns: int = 50, legal_moves: bool = False) -> None:
         super().__init__()
         if endgame not in ENDGAMES:
             raise EnvError(f"unknown chess endgame {endgame!r}; known: {', '.join(ENDGAMES)}")
@@ -107,7 +116,15 @@ class ChessEndgameEnv(TextEnv):
         self.endgame = endgame
         self.opponent_depth = opponent_depth
         self.max_turns = max_turns
+        self.legal_moves = bool(legal_moves)
         self.board = chess.Board(None)
+
+    def observation(self) -> str:
+        """The spaced FEN, plus the legal moves in the `legal_moves` variant (while the game runs)."""
+        text = spaced_fen(self.board)
+        if self.legal_moves and game_outcome(self.board) is None:
+            text += legal_moves_line(self.board)
+        return text
 
     def board_for_seed(self, seed: int | None) -> chess.Board:
         rng = random.Random(seed)
@@ -118,12 +135,12 @@ class ChessEndgameEnv(TextEnv):
 
     def _reset(self, seed: int | None) -> str:
         self.board = self.board_for_seed(seed)
-        return spaced_fen(self.board)
+        return self.observation()
 
     def _step(self, action: str) -> StepResult:
         move = parse_move(self.board, action)
         if move is None:
-            return spaced_fen(self.board), self.ILLEGAL_MOVE_REWARD, False, {"invalid": True}
+            return self.observation(), self.ILLEGAL_MOVE_REWARD, False, {"invalid": True}
         info: dict = {"invalid": False, "move": self.board.san(move)}
         self.board.push(move)
         if game_outcome(self.board) is None:
@@ -132,8 +149,8 @@ class ChessEndgameEnv(TextEnv):
             self.board.push(reply)
         outcome = game_outcome(self.board)
         if outcome is None:
-            return spaced_fen(self.board), 0.0, False, info
+            return self.observation(), 0.0, False, info
         info["termination"] = outcome.termination.name.lower()
         info["success"] = outcome.winner == chess.WHITE
         reward = {chess.WHITE: self.WIN_REWARD, chess.BLACK: self.LOSS_REWARD, None: 0.0}[outcome.winner]
-        return spaced_fen(self.board), reward, True, info
+        return self.observation(), reward, True, info
