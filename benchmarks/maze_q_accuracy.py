@@ -36,6 +36,7 @@ support threshold: the ceiling of corr and greedy-optimal cells that training ca
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import sys
@@ -57,7 +58,7 @@ from qsft.data.rewards import apply_reward_transform, partial_returns  # noqa: E
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 from qsft.data.tokenize import SegmentEncoder, context_ids  # noqa: E402
 from qsft.envs.generate import generate_episodes  # noqa: E402
-from qsft.envs.maze.env import MOVES, MazeEnv  # noqa: E402
+from qsft.envs.maze.env import MOVES, MazeEnv, describe_walls  # noqa: E402
 from qsft.models.loading import build_tiny_model, load_model, load_tokenizer  # noqa: E402
 from qsft.training.run import RunInfo, train  # noqa: E402
 
@@ -72,12 +73,35 @@ class Accuracy:
     aliased: int
     rows: list
     behavior_error: float | None = None  # mean |log pi_beta / data frequency| over moves the data shows > 1%
+    # cell pairs with the same wall sentence (they differ in the position digits only), and how many of them
+    # the Q-model / behavior model cannot tell apart at the decision token: last hidden states' cosine
+    # distance < BLIND_DISTANCE (attention no longer reads the digit that differs)
+    same_wall_pairs: int = 0
+    blind_pairs: tuple[int, int] = (0, 0)
 
     def line(self) -> str:
         fit = "" if self.behavior_error is None else f"  mean |log pi_beta/freq| {self.behavior_error:.3f}"
         return (f"cells {self.cells}  mean q_hat {self.mean_q_hat:.3f}  mean Q* {self.mean_q_star:.3f}  "
                 f"corr {self.corr:.3f}  greedy-in-q_hat optimal at {self.greedy_optimal}/{self.cells}  "
-                f"cells sharing identical outputs with another cell: {self.aliased}/{self.cells}{fit}")
+                f"cells sharing identical outputs with another cell: {self.aliased}/{self.cells}{fit}  "
+                f"position-blind same-wall pairs (q / behavior): {self.blind_pairs[0]} / {self.blind_pairs[1]} "
+                f"of {self.same_wall_pairs}")
+
+
+BLIND_DISTANCE = 1e-4
+
+
+def decision_state(model, ids: torch.Tensor) -> torch.Tensor:
+    """The last layer's hidden state at the decision token (the context's last position)."""
+    return model(ids, output_hidden_states=True).hidden_states[-1][0, -1].float()
+
+
+def blind_pairs(states: dict, walls: dict) -> tuple[int, int]:
+    """(same-wall cell pairs, those whose decision states are closer than BLIND_DISTANCE in cosine distance)."""
+    pairs = [(a, b) for a, b in itertools.combinations(sorted(states), 2) if walls[a] == walls[b]]
+    blind = sum(1 - float(torch.nn.functional.cosine_similarity(states[a], states[b], 0)) < BLIND_DISTANCE
+                for a, b in pairs)
+    return len(pairs), blind
 
 
 def move_frequencies(episodes) -> dict:
@@ -118,6 +142,7 @@ def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, freque
     move_ids = {move: tokenizer.encode(move, add_special_tokens=False)[0] for move in MOVES}
     index = torch.tensor(list(move_ids.values()))
     rows, outputs, behavior_errors = [], {}, []
+    q_states, b_states, walls = {}, {}, {}
     for cell in layout.free_cells:
         if cell == layout.goal:
             continue
@@ -127,6 +152,8 @@ def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, freque
         with torch.no_grad():
             log_q = torch.log_softmax(q_model(ids).logits[0, -1].float(), -1)
             log_b = torch.log_softmax(behavior_model(ids).logits[0, -1].float(), -1)[: log_q.shape[0]]
+            q_states[cell], b_states[cell] = decision_state(q_model, ids), decision_state(behavior_model, ids)
+        walls[cell] = describe_walls(layout.walls_around(cell))
         outputs[cell] = tuple(round(float(v), 4) for v in torch.cat([log_q[index].exp(), log_b[index].exp()]))
         for move, token in move_ids.items():
             share = (frequencies or {}).get((env.describe(), move), 0.0)
@@ -145,8 +172,10 @@ def measure(q_model, behavior_model, tokenizer, layout_cfg, gamma: float, freque
         greedy_ok += best[6] < best[5]
     aliased = sum(1 for c in cells if sum(outputs[c] == outputs[o] for o in cells) > 1)
     corr = statistics.correlation(q_hat, q_star) if len(set(q_hat)) > 1 else 0.0
+    pairs, q_blind = blind_pairs(q_states, walls)
+    _, b_blind = blind_pairs(b_states, walls)
     return Accuracy(len(cells), statistics.fmean(q_hat), statistics.fmean(q_star), corr, greedy_ok, aliased, rows,
-                    statistics.fmean(behavior_errors) if behavior_errors else None)
+                    statistics.fmean(behavior_errors) if behavior_errors else None, pairs, (q_blind, b_blind))
 
 
 def score_run(run: str, gamma: float, verbose: bool) -> None:
@@ -258,7 +287,8 @@ def run_tabular(args) -> None:
         print(f"bc: {time.time() - start:.0f} s", flush=True)
     qsft.setdefault("behavior", str(bc_dir))
     frozen = qsft["behavior"] != "cotrain"
-    probe = AccuracyProbe(load_model(bc_dir) if frozen else None, gamma, args.eval_every, move_frequencies(episodes))
+    probe = AccuracyProbe(load_model(qsft["behavior"]) if frozen else None, gamma, args.eval_every,
+                          move_frequencies(episodes))
     start = time.time()
     train("qsft", episodes_path, str(base), out / args.name, qsft, callbacks=[probe])
     print(f"qsft: {time.time() - start:.0f} s")

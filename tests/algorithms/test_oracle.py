@@ -163,8 +163,9 @@ def test_uniform_variant_reaches_its_fixed_point_and_theorem_bounds():
             assert truth[key] + 0.02 >= p >= pi * truth[key] - 0.02, (key, p, pi, truth[key])
 
 
-def expectile_fixed_point(counts, tau: float, gamma: float = GAMMA):
-    """Q_tau(s, a) = r + gamma * expectile_tau{Q_tau(s', a') : a' ~ pi(.|s')}, by iteration.
+def expectile_fixed_point(counts, tau: float, gamma: float = GAMMA, returns=None):
+    """Q_tau(s, a) = r + gamma * expectile_tau{Q_tau(s', a') : a' ~ pi(.|s')}, by iteration; with `returns`
+    (`logged_returns`, --mc_lower_bound return) the mean over the logged G of max(that, G): the expected label.
 
     Two actions per state: with x_lo <= x_hi and weights w_lo, w_hi the expectile is
     (tau w_hi x_hi + (1 - tau) w_lo x_lo) / (tau w_hi + (1 - tau) w_lo).
@@ -179,7 +180,13 @@ def expectile_fixed_point(counts, tau: float, gamma: float = GAMMA):
         return (tau * w_hi * x_hi + (1 - tau) * w_lo * x_lo) / (tau * w_hi + (1 - tau) * w_lo)
 
     for _ in range(300):
-        q = {(s, a): (lambda n, r, d: r + (0.0 if d else gamma * value(n)))(*step(s, a)) for (s, a) in q}
+        new = {}
+        for (s, a) in q:
+            nxt, reward, done = step(s, a)
+            bootstrap = reward + (0.0 if done else gamma * value(nxt))
+            floors = returns[(s, a)] if returns is not None else [bootstrap]
+            new[(s, a)] = sum(min(1.0, max(bootstrap, g)) for g in floors) / len(floors)
+        q = new
     return q
 
 
@@ -222,33 +229,12 @@ def test_mc_lower_bound_keeps_q_star_the_fixed_point_of_the_max(floor):
         assert abs(p / pi - truth[key]) < 0.05, (key, p / pi, truth[key])
 
 
-def floored_expectile_fixed_point(counts, returns, tau: float, gamma: float = GAMMA):
-    """Q(s, a) = mean over the logged G of max(r + gamma * expectile_tau{Q(s', .)}, G): the expected soft label."""
-    from tests.oracle_chain import step
-
-    pi = {(s, a): counts[(s, a)] / sum(counts[(s, b)] for b in ACTIONS) for s in range(GOAL) for a in ACTIONS}
-    q = {key: 0.0 for key in pi}
-
-    def value(s):
-        (x_lo, w_lo), (x_hi, w_hi) = sorted((q[(s, a)], pi[(s, a)]) for a in ACTIONS)
-        return (tau * w_hi * x_hi + (1 - tau) * w_lo * x_lo) / (tau * w_hi + (1 - tau) * w_lo)
-
-    for _ in range(300):
-        new = {}
-        for (s, a) in q:
-            nxt, reward, done = step(s, a)
-            bootstrap = reward + (0.0 if done else gamma * value(nxt))
-            new[(s, a)] = sum(min(1.0, max(bootstrap, g)) for g in returns[(s, a)]) / len(returns[(s, a)])
-        q = new
-    return q
-
-
 @pytest.mark.slow  # 2,400 steps of the prefix table: ~1 minute on 2 cores
 def test_mc_lower_bound_lifts_the_expectile_fixed_point_toward_q_star():
     """With tau = 0.5 (the behavior's own value) the floor raises each target to the better of the bootstrap
     and the logged return: training reaches that operator's fixed point, which lies between Q_tau and Q*."""
     learned, counts, _ = train("dummy", steps=2400, mc_lower_bound="return", operator="expectile", expectile=0.5)
-    floored = floored_expectile_fixed_point(counts, logged_returns(), 0.5)
+    floored = expectile_fixed_point(counts, 0.5, returns=logged_returns())
     plain, truth = expectile_fixed_point(counts, 0.5), q_star()
     assert sum(truth[k] - floored[k] for k in truth) < 0.8 * sum(truth[k] - plain[k] for k in truth)
     for key, (p, pi) in learned.items():

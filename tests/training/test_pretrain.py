@@ -10,6 +10,7 @@ from qsft.cli import main
 from qsft.data.io import save_episodes
 from qsft.data.tokenize import tokenize_episodes
 from qsft.models.loading import load_model, load_tokenizer
+from qsft.run_info import RunInfo
 from qsft.training.config import PretrainConfig
 from qsft.training.data import token_mdp_config
 from qsft.training.pretrain import transcript_lm_loss, transition_windows
@@ -68,6 +69,20 @@ def test_pretrain_learns_the_transitions_and_serves_as_base_for_every_method(tmp
         assert main(["train", "--algo", algo, "--data", str(data), "--model", str(base),
                      "--out", str(tmp_path / algo), *short, *extra]) == 0
         assert load_model(tmp_path / algo).config.n_embd == 64
+    # --behavior model: the pretrained base itself is pi_beta (frozen), no BC phase
+    assert main(["train", "--algo", "qsft", "--data", str(data), "--model", str(base), "--behavior", "model",
+                 "--out", str(tmp_path / "q-base"), *short, "--reward_transform", "success", "--gamma", "0.9"]) == 0
+    info = RunInfo.load(tmp_path / "q-base")
+    assert info.behavior_model == str(base.resolve()) and not (tmp_path / "q-base" / "behavior").exists()
+
+
+def test_behavior_model_needs_a_model_dir(tmp_path, capsys):
+    data = tmp_path / "chain.jsonl"
+    save_episodes(data, random_episodes(4))
+    assert main(["train", "--algo", "qsft", "--data", str(data), "--model", "tiny", "--behavior", "model",
+                 "--out", str(tmp_path / "q"), "--max_steps", "1", *COMMON]) == 2
+    assert "--behavior model uses --model as the behavior policy" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()  # refused before anything was written
 
 
 def test_history_windows_keep_every_transition():

@@ -148,7 +148,8 @@ class QSFTConfig(BootstrappedConfig):
                 "(docs/algorithm.md §3, Monte-Carlo floors); in stochastic ones lucky returns bias the values upward."})
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
     behavior: str | None = field(default=None, metadata={
-        "help": "Behavior model: a trained model dir (frozen), 'cotrain', or empty to train it first by SFT."})
+        "help": "Behavior model: a trained model dir (frozen), 'model' (the --model dir itself, frozen: a base from "
+                "`qsft pretrain` already predicts the logged actions), 'cotrain', or empty to train it first by SFT."})
     behavior_max_steps: int | None = field(default=None, metadata={
         "help": "SFT steps for the behavior model trained first (default: max_steps)."})
     q_init: str = field(default="model", metadata={

@@ -84,6 +84,7 @@ PRETRAIN = "pretrain"  # not a policy: a base model for the methods (`qsft pretr
 CONFIG_CLASSES = {"bc": BCConfig, "filtered_bc": FilteredBCConfig, "qsft": QSFTConfig, "ilql": ILQLConfig,
                   "mc": MCConfig, PRETRAIN: PretrainConfig}
 HEAD_ALGOS = ("ilql", "mc")  # an LM with ILQL's Q/V heads
+BEHAVIOR_IS_MODEL = "model"  # --behavior model: the starting model (a pretrained base) is pi_beta
 
 
 def make_config(algo: str, out: str | Path, overrides: dict[str, Any] | None = None):
@@ -176,6 +177,8 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
     if has_images(episodes) and (algo in HEAD_ALGOS or getattr(config, "lora", False)):
         raise ConfigError(f"episodes with images (vision-language models) work with bc, filtered_bc and qsft "
                           f"without lora; not with {algo if algo in HEAD_ALGOS else 'lora'}")
+    if algo == "qsft" and config.behavior == BEHAVIOR_IS_MODEL:
+        _behavior_dir(config, model)  # its errors come before anything is written
     out.mkdir(parents=True, exist_ok=True)
 
     if algo == PRETRAIN:  # every token of the transcripts; OUT is an ordinary HF model dir for --model
@@ -275,7 +278,7 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
                 callbacks: list | None = None) -> None:
     """Q-SFT with three full models: behavior first, then Q-model + target from the same weights."""
     if config.behavior not in (None, "", "cotrain"):
-        behavior_dir = Path(config.behavior)
+        behavior_dir = Path(_behavior_dir(config, model))
         behavior, tokenizer = load_model(behavior_dir), load_tokenizer(behavior_dir)
         vision = load_vision(behavior_dir, tokenizer)
         base = None
@@ -313,6 +316,20 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
         trainer.behavior_model.save_pretrained(str(out / "behavior"))
         _save_tokenizer(tokenizer, config, out / "behavior", vision)
     _record_qsft(info, config, variant, dummy_id, report)
+
+
+def _behavior_dir(config, model: str) -> str:
+    """The frozen behavior model's folder: `--behavior DIR`, or `--model` itself for `--behavior model` (a base
+    pretrained on the same transcripts, `qsft pretrain`, already predicts the logged actions: no BC phase)."""
+    if config.behavior != BEHAVIOR_IS_MODEL:
+        return config.behavior
+    if config.lora:
+        raise ConfigError("--behavior model with lora: the base itself is the behavior then; leave --behavior "
+                          "empty to train a behavior adapter, or give one")
+    if model == "tiny":
+        raise ConfigError("--behavior model uses --model as the behavior policy: give a pretrained model dir "
+                          "(e.g. from `qsft pretrain`), not 'tiny'")
+    return model
 
 
 def _use_behavior_cache(config, samples: int, vision: bool) -> bool:
