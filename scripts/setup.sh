@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repo root and install qsft with everything it needs (idempotent).
-# CPU torch when no NVIDIA GPU is present; Debian's stockfish for the chess environment.
+# CPU torch when no NVIDIA GPU is present; Debian's stockfish for the chess environment and a Java runtime
+# (default-jre-headless, when no `java` is on PATH) for the twx-* and sciworld-* environments' engines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -9,6 +10,12 @@ if [ ! -x /usr/games/stockfish ] && ! command -v stockfish >/dev/null 2>&1; then
   echo "[setup] installing Debian package stockfish"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish >/dev/null
+fi
+
+if ! command -v java >/dev/null 2>&1; then
+  echo "[setup] installing Debian package default-jre-headless (Java for TextWorldExpress and ScienceWorld)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -34,7 +41,7 @@ STAMP=.venv/.qsft-installed
 WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! .venv/bin/python -c "import qsft" >/dev/null 2>&1; then
   echo "[setup] installing qsft and its dependencies"
-  $PIP install -q -e ".[dev]"
+  $PIP install -q -e ".[dev,engines]"
   echo "$WANT" > "$STAMP"
 fi
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -93,10 +93,13 @@ def generate_episodes(env_name: str, policy_spec: str | None, n: int, seed: int,
     spec = policy_spec or default_policy_spec(env_name)
     policy = make_policy(env_name, spec)
     episodes = []
-    for i in tqdm(range(n), desc=f"{env_name} [{spec}]", unit="ep", disable=not progress):
-        start_seed, policy_seed = episode_seeds(seed, i)
-        episodes.append(run_episode(env, policy, start_seed, policy_seed, f"{env_name}-{seed}-{i}",
-                                    {"policy": spec}))
+    try:
+        for i in tqdm(range(n), desc=f"{env_name} [{spec}]", unit="ep", disable=not progress):
+            start_seed, policy_seed = episode_seeds(seed, i)
+            episodes.append(run_episode(env, policy, start_seed, policy_seed, f"{env_name}-{seed}-{i}",
+                                        {"policy": spec}))
+    finally:
+        env.close()  # engines (Java, stockfish) stop here, not at interpreter exit
     return episodes
 
 
@@ -176,5 +179,6 @@ def generate_dataset(env_name: str, policy_spec: str | None, n: int, seed: int, 
         "env_config": env_config(env),
         **summarize(episodes, env),
     }
+    env.close()  # read for its constants only; an engine that started is stopped
     atomic_write_json(stats_path(out_path), stats)
     return stats

@@ -105,12 +105,13 @@ class PolicyFamily:
 
 
 def _family(env_name: str) -> PolicyFamily:
-    from qsft.envs.registry import policies_of, resolve
+    from qsft.envs.registry import list_envs, policies_of, resolve
 
     path = policies_of(env_name)
     if path is None:
-        raise EnvError(f"no scripted behavior policies for environment {env_name!r}; they exist for maze, "
-                       "maze-po, wordle, chess-*, minigrid-* and textworld-*")
+        known = [name for name in list_envs() if policies_of(name) is not None]
+        raise EnvError(f"no scripted behavior policies for environment {env_name!r}; they exist for "
+                       f"{', '.join(known)}")
     return resolve(path)
 
 

@@ -7,8 +7,11 @@ path, so listing environments never imports one (no engine starts, no word list 
 Built-in names: `maze`, `maze-po`, `wordle`, `chess-kq`, `chess-kr`, `chess-kqr`, `chess-krr`,
 `chess-endgames` (a mix of the four), `minigrid-<task>` (image observations, see `minigrid.env.TASKS`,
 e.g. `minigrid-empty-random-6x6`), `textworld-nav`, `textworld-nav-hard`, `textworld-simple`,
-`textworld-coin` (Microsoft TextWorld games, see `textworld.games.TASKS`). `gym:<id>` wraps a
-gymnasium environment with text observations and actions (`GymTextEnv`).
+`textworld-coin` (Microsoft TextWorld games, see `textworld.games.TASKS`), `twx-cookingworld`, `twx-coin`,
+`twx-twc` (TextWorldExpress games, see `twx.env.TASKS`), `sciworld-find-living-thing`,
+`sciworld-lifespan-longest-lived` (ScienceWorld tasks, see `scienceworld.env.TASKS`); the last five run
+Java engines (`pip install 'qsft[engines]'`). `gym:<id>` wraps a gymnasium environment with text
+observations and actions (`GymTextEnv`).
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ def make(name: str, **kwargs: Any) -> TextEnv:
         raise EnvError(f"environment {name!r}: bad arguments {sorted(kwargs)}: {err}") from None
 
 
-# MiniGrid and TextWorld task names are kept in step with `minigrid.env.TASKS` / `textworld.games.TASKS`
-# (importing those here would load gymnasium / textworld).
+# MiniGrid and TextWorld task names are kept in step with `minigrid.env.TASKS` / `textworld.games.TASKS`,
+# the twx-* and sciworld-* names with `twx.env.TASKS` / `scienceworld.env.TASKS` (importing those here would
+# load gymnasium / textworld).
 MINIGRID_TASKS = ("empty-5x5", "empty-random-5x5", "empty-6x6", "empty-random-6x6", "empty-8x8")
 TEXTWORLD_TASKS = ("nav", "nav-hard", "simple", "coin")
 
@@ -107,3 +111,11 @@ for _task in MINIGRID_TASKS:
 for _task in TEXTWORLD_TASKS:
     register(f"textworld-{_task}", "qsft.envs.textworld.env:TextWorldEnv",
              policies="qsft.envs.textworld.policies:TEXTWORLD_POLICIES", task=_task)
+register("twx-cookingworld", "qsft.envs.twx.env:TwxEnv", policies="qsft.envs.twx.policies:TWX_POLICIES",
+         game="cookingworld")
+register("twx-coin", "qsft.envs.twx.env:TwxEnv", policies="qsft.envs.twx.policies:TWX_POLICIES", game="coin")
+register("twx-twc", "qsft.envs.twx.env:TwxEnv", policies="qsft.envs.twx.policies:TWX_POLICIES", game="twc")
+register("sciworld-find-living-thing", "qsft.envs.scienceworld.env:SciWorldEnv",
+         policies="qsft.envs.scienceworld.policies:SCIWORLD_POLICIES", task="find-living-thing")
+register("sciworld-lifespan-longest-lived", "qsft.envs.scienceworld.env:SciWorldEnv",
+         policies="qsft.envs.scienceworld.policies:SCIWORLD_POLICIES", task="lifespan-longest-lived")
