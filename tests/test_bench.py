@@ -13,6 +13,7 @@ import yaml
 
 from qsft.bench import BenchSettings, run_bench
 from qsft.cli import main
+from qsft.configs import env_defaults
 
 TINY = {"model_preset": "micro", "max_length": 64, "per_device_train_batch_size": 8, "report_to": "none"}
 
@@ -27,7 +28,8 @@ def test_bench_writes_results_folder_and_reuses_finished_runs(tmp_path):
                  "runs/bc-seed0/results.json", "runs/qsft-seed0/results.json", "runs/qsft-seed0/qsft.json"):
         assert (tmp_path / name).is_file(), name
     info = json.loads((tmp_path / "runs/qsft-seed0/qsft.json").read_text())
-    assert info["behavior_model"].endswith("bc-seed0")  # Q-SFT reused the same-seed BC run as pi_beta
+    # maze.yaml's Q-SFT takes the bench's pretrained base as pi_beta (`behavior: model`), not the BC run
+    assert info["behavior_model"] == str((tmp_path / "base").resolve())
     table = (tmp_path / "report.md").read_text()
     assert "| bc | maze | 1 |" in table and "| qsft | maze | 1 |" in table
     card = (tmp_path / "runs/qsft-seed0/README.md").read_text()  # a Hub model card, results included
@@ -38,10 +40,19 @@ def test_bench_writes_results_folder_and_reuses_finished_runs(tmp_path):
     stamp = model_file.stat().st_mtime_ns
     logs.clear()
     run_bench(settings, tmp_path, progress=False, log=logs.append)
-    assert model_file.stat().st_mtime_ns == stamp and sum("done earlier" in line for line in logs) == 2
+    assert model_file.stat().st_mtime_ns == stamp and sum("done earlier" in line for line in logs) == 3  # base too
 
 
-def test_parallel_bench_runs_qsft_after_its_seeds_bc(tmp_path):
+def test_parallel_bench_runs_qsft_after_its_seeds_bc(tmp_path, monkeypatch):
+    """An env YAML whose Q-SFT names no behavior model: each Q-SFT run takes its seed's BC run and waits for it."""
+    import qsft.bench
+
+    def without_behavior(env):
+        defaults = env_defaults(env)
+        defaults["algos"]["qsft"] = {k: v for k, v in defaults["algos"]["qsft"].items() if k != "behavior"}
+        return defaults
+
+    monkeypatch.setattr(qsft.bench, "env_defaults", without_behavior)
     settings = BenchSettings(env="maze", algos=["qsft", "bc"], seeds=2, episodes=12, eval_episodes=3, budget=2,
                              overrides=TINY)
     logs: list[str] = []

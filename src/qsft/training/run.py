@@ -207,7 +207,7 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
         else:
             _train_qsft(model, episodes, config, overrides, out, info, callbacks)
     info.reply_tokens = config.reply_tokens
-    info.settings = changed_settings(config)
+    info.settings = changed_settings(overrides)
     if config.should_save:
         info.save(out)
         write_model_card(out)
@@ -219,15 +219,16 @@ _NOT_SETTINGS = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "data
                  "use_cpu", "local_rank", "save_strategy", "save_steps", "logging_steps"}
 
 
-def changed_settings(config) -> dict[str, Any]:
-    """The config fields (YAML, flags) that differ from a default config of the same class, JSON-ready."""
-    default = type(config)(output_dir=config.output_dir)  # defaults after __post_init__'s own conversions
+def changed_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The config fields this run set (YAML, flags, API overrides), JSON-ready, without the machine's and the
+    log's. (Not a comparison with a fresh default config: building a second TrainingArguments in a
+    distributed run resets the process state that `should_save` reads.)"""
     out = {}
-    for f in fields(config):
-        if f.init and f.name not in _NOT_SETTINGS and getattr(config, f.name) != getattr(default, f.name):
-            value = getattr(config, f.name)
-            value = value.value if isinstance(value, Enum) else value
-            out[f.name] = value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+    for name, value in sorted((overrides or {}).items()):
+        if name in _NOT_SETTINGS:
+            continue
+        value = value.value if isinstance(value, Enum) else value
+        out[name] = value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
     return out
 
 
