@@ -165,7 +165,8 @@ def test_uniform_variant_reaches_its_fixed_point_and_theorem_bounds():
 
 def expectile_fixed_point(counts, tau: float, gamma: float = GAMMA, returns=None):
     """Q_tau(s, a) = r + gamma * expectile_tau{Q_tau(s', a') : a' ~ pi(.|s')}, by iteration; with `returns`
-    (`logged_returns`, --mc_lower_bound return) the mean over the logged G of max(that, G): the expected label.
+    (`logged_returns`, --mc_lower_bound return) the mean over the logged G of max(that, G): the expected label,
+    applied at both tokens of the turn (action, end of turn), as the token MDP does.
 
     Two actions per state: with x_lo <= x_hi and weights w_lo, w_hi the expectile is
     (tau w_hi x_hi + (1 - tau) w_lo x_lo) / (tau w_hi + (1 - tau) w_lo).
@@ -185,7 +186,10 @@ def expectile_fixed_point(counts, tau: float, gamma: float = GAMMA, returns=None
             nxt, reward, done = step(s, a)
             bootstrap = reward + (0.0 if done else gamma * value(nxt))
             floors = returns[(s, a)] if returns is not None else [bootstrap]
-            new[(s, a)] = sum(min(1.0, max(bootstrap, g)) for g in floors) / len(floors)
+            # token MDP: the end-of-turn token's target is floored, then the action token's target (its
+            # value) is floored again by the same samples' G
+            after_eot = sum(min(1.0, max(bootstrap, g)) for g in floors) / len(floors)
+            new[(s, a)] = sum(min(1.0, max(after_eot, g)) for g in floors) / len(floors)
         q = new
     return q
 
@@ -233,7 +237,7 @@ def test_mc_lower_bound_keeps_q_star_the_fixed_point_of_the_max(floor):
 def test_mc_lower_bound_lifts_the_expectile_fixed_point_toward_q_star():
     """With tau = 0.5 (the behavior's own value) the floor raises each target to the better of the bootstrap
     and the logged return: training reaches that operator's fixed point, which lies between Q_tau and Q*."""
-    learned, counts, _ = train("dummy", steps=2400, mc_lower_bound="return", operator="expectile", expectile=0.5)
+    learned, counts, _ = train("dummy", steps=3600, mc_lower_bound="return", operator="expectile", expectile=0.5)
     floored = expectile_fixed_point(counts, 0.5, returns=logged_returns())
     plain, truth = expectile_fixed_point(counts, 0.5), q_star()
     assert sum(truth[k] - floored[k] for k in truth) < 0.8 * sum(truth[k] - plain[k] for k in truth)
