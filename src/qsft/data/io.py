@@ -115,20 +115,27 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[Episode]:
     with open(path, "rb") as handle:
         index = 0
         for line_no, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise EpisodeFormatError(f"not valid UTF-8 ({err.reason} at byte {err.start})",
-                                         source=str(path), line=line_no) from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as err:
-                message = err.msg if isinstance(err, json.JSONDecodeError) else "nesting too deep"
-                raise EpisodeFormatError(f"invalid JSON: {message}", source=str(path), line=line_no) from None
-            yield parse_episode(obj, source=str(path), line=line_no, index=index, image_dir=path.parent)
-            index += 1
+            episode = parse_jsonl_line(raw, path, line_no, index)
+            if episode is not None:
+                yield episode
+                index += 1
+
+
+def parse_jsonl_line(raw: bytes, path: Path, line_no: int, index: int) -> Episode | None:
+    """The episode on one line of a JSONL file (`index`: how many episodes came before), None for a blank line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise EpisodeFormatError(f"not valid UTF-8 ({err.reason} at byte {err.start})",
+                                 source=str(path), line=line_no) from None
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        message = err.msg if isinstance(err, json.JSONDecodeError) else "nesting too deep"
+        raise EpisodeFormatError(f"invalid JSON: {message}", source=str(path), line=line_no) from None
+    return parse_episode(obj, source=str(path), line=line_no, index=index, image_dir=path.parent)
 
 
 def iter_table(path: str | os.PathLike) -> Iterator[Episode]:
@@ -137,21 +144,27 @@ def iter_table(path: str | os.PathLike) -> Iterator[Episode]:
     path = Path(path)
     source = str(path)
     if path.is_file():
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.ParquetFile(path)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad file
-            raise EpisodeFormatError(f"not a readable Parquet file: {_first_line(err)}", source=source) from None
+        table = open_parquet(path)
         rows: Iterable[Any] = (r for batch in table.iter_batches(batch_size=1024) for r in batch.to_pylist())
     else:
-        rows = _dataset_rows(path)
+        rows = dataset_rows(path)
     for row, obj in enumerate(rows):
-        yield parse_episode(_drop_nulls(obj), source=source, row=row, index=row, image_dir=path.parent
+        yield parse_episode(drop_nulls(obj), source=source, row=row, index=row, image_dir=path.parent
                             if path.is_file() else path)
 
 
-def _dataset_rows(path: Path) -> Iterable[Any]:
+def open_parquet(path: Path):
+    """A `pyarrow.parquet.ParquetFile`, or the one-line error naming the file."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise EpisodeFormatError(f"not a readable Parquet file: {_first_line(err)}", source=str(path)) from None
+
+
+def dataset_rows(path: Path):
+    """The `datasets.Dataset` of a `save_to_disk` folder or a local Hub-format folder (its `train` split)."""
     import datasets
 
     try:
@@ -173,13 +186,13 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _drop_nulls(obj: Any) -> Any:
+def drop_nulls(obj: Any) -> Any:
     """Arrow tables give every row every column: a field one row lacks comes back as None. Drop them, so a
     table reads like the JSON objects it was made from (an absent `reward` is 0, not an error)."""
     if isinstance(obj, dict):
-        return {k: _drop_nulls(v) for k, v in obj.items() if v is not None}
+        return {k: drop_nulls(v) for k, v in obj.items() if v is not None}
     if isinstance(obj, list):
-        return [_drop_nulls(v) for v in obj]
+        return [drop_nulls(v) for v in obj]
     return obj
 
 
@@ -205,7 +218,7 @@ def load_episodes(data: str | os.PathLike | Iterable[Any], *, check_unique_ids: 
         source = type(data).__name__
         table = hasattr(data, "features")  # a `datasets.Dataset`: Arrow rows carry None for absent fields
         episodes = [
-            item if isinstance(item, Episode) else parse_episode(_drop_nulls(item) if table else item, source=source,
+            item if isinstance(item, Episode) else parse_episode(drop_nulls(item) if table else item, source=source,
                                                                  row=i, index=i)
             for i, item in enumerate(data)
         ]
@@ -215,10 +228,14 @@ def load_episodes(data: str | os.PathLike | Iterable[Any], *, check_unique_ids: 
         seen: set[str] = set()
         for ep in episodes:
             if ep.id in seen:
-                raise EpisodeFormatError("duplicate episode id; ids must be unique", source=source,
-                                         episode_id=ep.id, field="id")
+                raise duplicate_id_error(source, ep.id)
             seen.add(ep.id)
     return episodes
+
+
+def duplicate_id_error(source: str, episode_id: str) -> EpisodeFormatError:
+    return EpisodeFormatError("duplicate episode id; ids must be unique", source=source, episode_id=episode_id,
+                              field="id")
 
 
 def save_episodes(path: str | os.PathLike, episodes: Iterable[Episode]) -> int:

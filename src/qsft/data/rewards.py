@@ -111,29 +111,84 @@ def apply_reward_transform(
     `episode_return` (and `high` the divisor of a bare `scale`), so evaluation-time data is
     normalised exactly as training data was.
     """
-    name, args = parse_spec(spec)
+    report = reward_report(reward_stats(episodes, gamma), spec, gamma, low, high)
+    return transform_rewards(episodes, spec, gamma, report.low, report.high), report
+
+
+@dataclass
+class RewardStats:
+    """What the transforms need to know about the whole data, gathered batch by batch (`merge` in data order)."""
+
+    episodes: int
+    truncated: int
+    min_reward: float
+    max_reward: float
+    min_return: float
+    max_return: float
+    # the largest discounted partial return (first in data order) and where: (episode id, agent turn)
+    max_partial: float = 0.0
+    max_partial_at: tuple[str, int] | None = None
+    # the first negative reward in data order: (episode id, agent turn, reward)
+    first_negative: tuple[str, int, float] | None = None
+
+    def merge(self, later: RewardStats) -> RewardStats:
+        """These statistics followed by `later`'s (data order: the first occurrence wins ties)."""
+        partial = (later.max_partial, later.max_partial_at) if later.max_partial > self.max_partial else \
+            (self.max_partial, self.max_partial_at)
+        return RewardStats(self.episodes + later.episodes, self.truncated + later.truncated,
+                           min(self.min_reward, later.min_reward), max(self.max_reward, later.max_reward),
+                           min(self.min_return, later.min_return), max(self.max_return, later.max_return),
+                           *partial, self.first_negative or later.first_negative)
+
+
+def reward_stats(episodes: list[Episode], gamma: float) -> RewardStats:
     rewards = [r for ep in episodes for r in ep.rewards]
     returns = [ep.total_return for ep in episodes]
-    report = RewardReport(spec, min(rewards), max(rewards), min(returns), max(returns), episodes=len(episodes))
-    if name == "none":
-        out = list(episodes)
-    elif name == "scale":
+    stats = RewardStats(len(episodes), sum(not ep.done for ep in episodes), min(rewards), max(rewards),
+                        min(returns), max(returns))
+    for ep in episodes:
+        if stats.first_negative is None:
+            stats.first_negative = next(((ep.id, k, r) for k, r in enumerate(ep.rewards) if r < 0), None)
+        for k, partial in enumerate(partial_returns(ep.rewards, gamma)):
+            if partial > stats.max_partial:
+                stats.max_partial, stats.max_partial_at = partial, (ep.id, k)
+    return stats
+
+
+def reward_report(stats: RewardStats, spec: str, gamma: float, low: float | None = None,
+                  high: float | None = None) -> RewardReport:
+    """The report of `spec` on data with these statistics, its `low`/`high` the bounds the transform uses."""
+    name, args = parse_spec(spec)
+    report = RewardReport(spec, stats.min_reward, stats.max_reward, stats.min_return, stats.max_return,
+                          episodes=stats.episodes)
+    if name == "scale":
         r_max, source = (args[0], "RMAX") if args else (high, "the training run's bound")
-        r_max = _scale_divisor(episodes, gamma, r_max, source)
-        report.low, report.high = 0.0, float(r_max)
-        out = [ep.with_rewards([r / r_max for r in ep.rewards]) for ep in episodes]
+        report.low, report.high = 0.0, float(_scale_divisor(stats, gamma, r_max, source))
     elif name == "episode_return":
-        lo, hi = (args if args else (low, high) if low is not None else (min(returns), max(returns)))
+        lo, hi = (args if args else (low, high) if low is not None else (stats.min_return, stats.max_return))
         if hi <= lo:
             hi = lo + 1.0  # every return equal: map them all to 0 rather than divide by zero
         report.low, report.high = float(lo), float(hi)
+        report.truncated_unpaid = stats.truncated
+    elif name == "success":
+        report.low, report.high = 0.0, 1.0
+    return report
+
+
+def transform_rewards(episodes: list[Episode], spec: str, gamma: float, low: float | None,
+                      high: float | None) -> list[Episode]:
+    """Each episode's rewards under `spec` with the bounds of its `reward_report`, partial returns checked."""
+    name, _ = parse_spec(spec)
+    if name == "none":
+        out = list(episodes)
+    elif name == "scale":
+        out = [ep.with_rewards([r / high for r in ep.rewards]) for ep in episodes]
+    elif name == "episode_return":
         out = []
         for ep in episodes:
             sparse = [0.0] * len(ep.rewards)
             if ep.done:
-                sparse[-1] = min(max((ep.total_return - lo) / (hi - lo), 0.0), 1.0)
-            else:
-                report.truncated_unpaid += 1
+                sparse[-1] = min(max((ep.total_return - low) / (high - low), 0.0), 1.0)
             out.append(ep.with_rewards(sparse))
     else:  # success
         out = []
@@ -144,35 +199,29 @@ def apply_reward_transform(
             sparse = [0.0] * len(ep.rewards)
             sparse[-1] = 1.0 if ep.meta["success"] else 0.0
             out.append(ep.with_rewards(sparse))
-        report.low, report.high = 0.0, 1.0
     for ep in out:
         check_partial_returns(ep, gamma, name)
-    return out, report
+    return out
 
 
-def _scale_divisor(episodes: list[Episode], gamma: float, r_max: float | None, source: str) -> float:
+def _scale_divisor(stats: RewardStats, gamma: float, r_max: float | None, source: str) -> float:
     """RMAX for `scale`: the given one if it bounds every discounted partial return, else the data's bound."""
-    bound, where = 0.0, None
-    for ep in episodes:
-        for k, r in enumerate(ep.rewards):
-            if r < 0:
-                raise RewardRangeError(f"reward {r:g} < 0 cannot be scaled into [0, 1]; use "
-                                       "--reward_transform episode_return", episode_id=ep.id,
-                                       field=f"agent turn {k}.reward")
-        for k, partial in enumerate(partial_returns(ep.rewards, gamma)):
-            if partial > bound:
-                bound, where = partial, (ep.id, k)
-    if where is None:
+    if stats.first_negative is not None:
+        episode_id, turn, r = stats.first_negative
+        raise RewardRangeError(f"reward {r:g} < 0 cannot be scaled into [0, 1]; use "
+                               "--reward_transform episode_return", episode_id=episode_id,
+                               field=f"agent turn {turn}.reward")
+    if stats.max_partial_at is None:
         raise RewardRangeError("all rewards are 0: nothing to learn (scale needs a positive maximum)")
     if r_max is None:
-        return bound
-    if bound > r_max * (1 + TOLERANCE):
-        episode_id, turn = where
+        return stats.max_partial
+    if stats.max_partial > r_max * (1 + TOLERANCE):
+        episode_id, turn = stats.max_partial_at
         raise RewardRangeError(
             f"scale divides by {source} {r_max:g}, but the discounted return from agent turn {turn} is "
-            f"{bound:.10g} (gamma {gamma:g}), the largest in the data; use --reward_transform scale without an "
-            f"argument (divides by that bound) or scale:{bound:.10g} or more", episode_id=episode_id,
-            field=f"agent turn {turn}.reward")
+            f"{stats.max_partial:.10g} (gamma {gamma:g}), the largest in the data; use --reward_transform scale "
+            f"without an argument (divides by that bound) or scale:{stats.max_partial:.10g} or more",
+            episode_id=episode_id, field=f"agent turn {turn}.reward")
     return r_max
 
 

@@ -16,6 +16,7 @@ Stored compactly (CSR): sorted predecessor ids, and for each the sorted successo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +34,12 @@ class DataSupport:
     successor_ids: torch.Tensor  # [E] long
 
     @classmethod
-    def from_samples(cls, samples: list[TokenizedEpisode]) -> DataSupport:
-        pairs: set[tuple[int, int]] = set()
-        for sample in samples:
-            ids, mask = sample.input_ids, sample.action_mask
-            pairs.update((ids[t - 1], ids[t]) for t in range(1, len(ids)) if mask[t])
+    def from_samples(cls, samples: Iterable[TokenizedEpisode]) -> DataSupport:
+        return cls.from_pairs(agent_bigrams(samples))
+
+    @classmethod
+    def from_pairs(cls, pairs: set[tuple[int, int]]) -> DataSupport:
+        """From the (predecessor, agent token) pairs of the data (`agent_bigrams`)."""
         ordered = sorted(pairs)
         predecessors = sorted({p for p, _ in ordered})
         counts = np.bincount(np.searchsorted(predecessors, [p for p, _ in ordered]), minlength=len(predecessors))
@@ -82,3 +84,12 @@ class DataSupport:
             h.update(tensor.numpy().astype(np.int64).tobytes())
             h.update(b"|")
         return h.hexdigest()
+
+
+def agent_bigrams(samples: Iterable[TokenizedEpisode]) -> set[tuple[int, int]]:
+    """Every (token, agent token right after it) pair of the samples."""
+    pairs: set[tuple[int, int]] = set()
+    for sample in samples:
+        ids, mask = sample.input_ids, sample.action_mask
+        pairs.update((ids[t - 1], ids[t]) for t in range(1, len(ids)) if mask[t])
+    return pairs

@@ -24,6 +24,8 @@ placeholders it holds (`images`, `next_images`, in order), which the collator tu
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from dataclasses import dataclass, field, replace
 
 from qsft.data.episode import Episode, Turn
@@ -249,17 +251,35 @@ def best_logged_returns(samples: list[TokenizedEpisode]) -> None:
     state and action in the token MDP), in place: in a deterministic environment each logged continuation is a
     plan, so their best return is still a lower bound of Q*. Samples with images keep their own returns (their
     state is not the token prefix alone)."""
-    best: dict[tuple[int, ...], float] = {}
+    best: dict[int, float] = {}
     text_only = [s for s in samples if not s.images]
     for sample in text_only:
-        for t, (trained, g) in enumerate(zip(sample.action_mask, sample.return_to_go)):
-            if trained:
-                key = tuple(sample.input_ids[:t + 1])
-                best[key] = max(best.get(key, g), g)
+        for t, key in trained_prefix_keys(sample):
+            best[key] = max(best.get(key, sample.return_to_go[t]), sample.return_to_go[t])
     for sample in text_only:
-        for t, trained in enumerate(sample.action_mask):
-            if trained:
-                sample.return_to_go[t] = best[tuple(sample.input_ids[:t + 1])]
+        for t, key in trained_prefix_keys(sample):
+            sample.return_to_go[t] = best[key]
+
+
+def trained_prefix_keys(sample: TokenizedEpisode) -> list[tuple[int, int]]:
+    """(t, key) for every trained token t: key is a 64-bit hash (BLAKE2b) of the token prefix x_0..x_t, so a table
+    of prefixes costs 8 bytes each, not a tuple of the whole context (collisions: ~n^2 / 2^65 for n prefixes)."""
+    digest = hashlib.blake2b(digest_size=8)
+    keys, hashed = [], 0
+    for t, trained in enumerate(sample.action_mask):
+        if trained:
+            digest.update(array("q", sample.input_ids[hashed:t + 1]).tobytes())
+            hashed = t + 1
+            keys.append((t, int.from_bytes(digest.copy().digest(), "little", signed=True)))
+    return keys
+
+
+def check_no_dummy_token(samples: list[TokenizedEpisode], dummy_token_id: int) -> None:
+    """The dummy variant's reserved token must never be a logged action."""
+    for sample in samples:
+        if any(m and t == dummy_token_id for t, m in zip(sample.input_ids, sample.action_mask)):
+            raise ConfigError(f"episode {sample.episode_id!r}: an agent utterance contains the dummy token "
+                              f"(id {dummy_token_id}); choose another --dummy_token")
 
 
 def state_context(segments: list, k: int, cfg: TokenMDPConfig, episode_id: str) -> list[int]:

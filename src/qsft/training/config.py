@@ -17,6 +17,8 @@ from qsft.data.support import SUPPORT_MODES
 from qsft.data.tokenize import TRUNCATION_MODES
 from qsft.errors import ConfigError
 
+DATA_BACKENDS = ("auto", "memory", "arrow")
+
 
 @dataclass
 class OfflineRLConfig(TrainingArguments):
@@ -46,8 +48,20 @@ class OfflineRLConfig(TrainingArguments):
     action_tokens: bool = field(default=False, metadata={
         "help": "Tiny model only: make every distinct agent utterance one token (short action horizons)."})
     model_preset: str = field(default="tiny", metadata={"help": "Tiny model preset when --model tiny: tiny, micro, small."})
+    data_backend: str = field(default="auto", metadata={
+        "help": "How episodes are held: 'memory' (Python lists), 'arrow' (memory-mapped Arrow tables made by cached "
+                "multi-process datasets.map, read batch by batch: for data that does not fit in memory; bc, "
+                "filtered_bc, qsft; text only) or 'auto' (arrow for data files of 64 MB or more)."})
+    data_num_proc: int | None = field(default=None, metadata={
+        "help": "Worker processes of the arrow backend's passes (default: every CPU core)."})
+    data_cache_dir: str | None = field(default=None, metadata={
+        "help": "Where the arrow backend caches its tables (default: the datasets cache, HF_DATASETS_CACHE/qsft)."})
 
     def __post_init__(self) -> None:
+        if self.data_backend not in DATA_BACKENDS:
+            raise ConfigError(f"data_backend must be one of {DATA_BACKENDS}, got {self.data_backend!r}")
+        if self.data_num_proc is not None and self.data_num_proc < 1:
+            raise ConfigError(f"data_num_proc must be >= 1, got {self.data_num_proc}")
         if self.truncation not in TRUNCATION_MODES:
             raise ConfigError(f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")
         if self.max_length < 4:
@@ -149,7 +163,8 @@ class QSFTConfig(BootstrappedConfig):
     dummy_token: str = field(default="[DUMMY]", metadata={"help": "Reserved token of the dummy variant."})
     behavior: str | None = field(default=None, metadata={
         "help": "Behavior model: a trained model dir (frozen), 'model' (the --model dir itself, frozen: a base from "
-                "`qsft pretrain` already predicts the logged actions), 'cotrain', or empty to train it first by SFT."})
+                "`qsft pretrain` already predicts the logged actions), 'cotrain', or empty to train it first by SFT. "
+                "ilql / mc: a dir or 'model' is pi_beta at decoding instead of the run's own LM head."})
     behavior_max_steps: int | None = field(default=None, metadata={
         "help": "SFT steps for the behavior model trained first (default: max_steps)."})
     q_init: str = field(default="model", metadata={

@@ -37,8 +37,7 @@ from qsft.algorithms.qsft import DUMMY_VARIANTS
 from qsft.data.collate import TokenMDPCollator
 from qsft.data.episode import Episode
 from qsft.data.images import VisionInputs, has_images, load_image
-from qsft.data.io import data_sidecar, load_episodes
-from qsft.data.rewards import apply_reward_transform
+from qsft.data.io import data_sidecar
 from qsft.data.support import DataSupport
 from qsft.data.tiny_tokenizer import build_tiny_tokenizer
 from qsft.errors import ConfigError
@@ -74,7 +73,16 @@ from qsft.run_info import RUN_FILE, RunInfo
 from qsft.training.bc import BCTrainer
 from qsft.training.checkpoints import latest_complete_checkpoint
 from qsft.training.config import BCConfig, FilteredBCConfig, PretrainConfig, QSFTConfig
-from qsft.training.data import qsft_dataset, select_top_episodes, sft_dataset
+from qsft.training.data import (
+    Episodes,
+    check_rewards,
+    data_support,
+    load_training_episodes,
+    qsft_dataset,
+    select_top_episodes,
+    sft_dataset,
+    tiny_tokenizer_texts,
+)
 from qsft.training.ilql import ILQLConfig, MCConfig, train_ilql
 from qsft.training.pretrain import PretrainTrainer, transition_windows
 from qsft.training.qsft_trainer import QSFTTrainer
@@ -101,14 +109,13 @@ def make_config(algo: str, out: str | Path, overrides: dict[str, Any] | None = N
     return cls(**overrides)
 
 
-def _base_model_and_tokenizer(model: str, episodes: list[Episode], config):
+def _base_model_and_tokenizer(model: str, episodes: Episodes, config):
     """(model, tokenizer, vision): `vision` is the `VisionInputs` of a VLM, None for a text LM."""
     if model == "tiny":
-        actions = [t.text for ep in episodes for t in ep.agent_turns] if config.action_tokens else None
-        tokenizer = build_tiny_tokenizer((t.text for ep in episodes for t in ep.turns), config.tokenizer_level,
-                                         action_texts=actions)
+        texts, actions = tiny_tokenizer_texts(episodes, config.action_tokens)
+        tokenizer = build_tiny_tokenizer(texts, config.tokenizer_level, action_texts=actions)
         n_positions = max(64, config.max_length)
-        if has_images(episodes):  # a tiny LLaVA sized to the data's frames
+        if _has_images(episodes):  # a tiny LLaVA sized to the data's frames
             first = next(t.image for ep in episodes for t in ep.turns if t.image is not None)
             base, vision = build_tiny_vlm(tokenizer, min(load_image(first).size), preset=config.model_preset,
                                           n_positions=n_positions, seed=config.seed)
@@ -116,6 +123,10 @@ def _base_model_and_tokenizer(model: str, episodes: list[Episode], config):
         return build_tiny_model(tokenizer, config.model_preset, n_positions, seed=config.seed), tokenizer, None
     tokenizer = load_tokenizer(model)
     return load_model(model), tokenizer, load_vision(model, tokenizer)
+
+
+def _has_images(episodes: Episodes) -> bool:
+    return isinstance(episodes, list) and has_images(episodes)  # the arrow backend reads text data only
 
 
 def _collator(tokenizer, vision: VisionInputs | None):
@@ -135,7 +146,7 @@ def _save_tokenizer(tokenizer, config, folder: Path, vision: VisionInputs | None
             vision.save(folder)
 
 
-def _train_sft(model, tokenizer, episodes: list[Episode], config, out: Path,
+def _train_sft(model, tokenizer, episodes: Episodes, config, out: Path,
                vision: VisionInputs | None = None, callbacks: list | None = None, trainer_class=BCTrainer) -> None:
     trainer = trainer_class(model, config, sft_dataset(episodes, tokenizer, config, vision), tokenizer,
                         data_collator=_collator(tokenizer, vision), callbacks=callbacks)
@@ -169,16 +180,21 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
     if model != "tiny":
         check_model_dir(model)  # fail before any data is read or anything is written
     set_seed(config.seed)
-    episodes = load_episodes(data) if not isinstance(data, list) else data
+    episodes, backend = load_training_episodes(data, algo, config)
     sidecar = data_sidecar(data) if not isinstance(data, list) else None
     info = RunInfo(algo=algo, history_turns=config.history_turns, max_length=config.max_length,
                    data=None if isinstance(data, list) else str(Path(data).resolve()),
                    env=env or (sidecar or {}).get("env"), data_stats=sidecar)
-    if has_images(episodes) and (algo in HEAD_ALGOS or getattr(config, "lora", False)):
+    info.extra["data_backend"] = backend
+    if backend == "arrow":
+        info.extra["data_cache_dir"] = str(episodes.cache_dir)
+    if _has_images(episodes) and (algo in HEAD_ALGOS or getattr(config, "lora", False)):
         raise ConfigError(f"episodes with images (vision-language models) work with bc, filtered_bc and qsft "
                           f"without lora; not with {algo if algo in HEAD_ALGOS else 'lora'}")
     if algo == "qsft" and config.behavior == BEHAVIOR_IS_MODEL:
         _behavior_dir(config, model)  # its errors come before anything is written
+    if algo in HEAD_ALGOS and config.behavior:
+        check_model_dir(_behavior_dir(config, model))
     out.mkdir(parents=True, exist_ok=True)
 
     if algo == PRETRAIN:  # every token of the transcripts; OUT is an ordinary HF model dir for --model
@@ -196,12 +212,14 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
         base, tokenizer, _ = _base_model_and_tokenizer(model, episodes, config)
         report = train_ilql(base, tokenizer, episodes, config, _resume_arg(config, out), callbacks)
         info.gamma, info.reward = config.gamma, report.to_dict()
-        info.extra.update(beta=config.beta, cql_weight=config.cql_weight)
+        info.extra.update(beta=config.beta, cql_weight=config.cql_weight, bc_weight=config.bc_weight)
+        if config.behavior:  # a frozen pi_beta for decoding (`--behavior`), not the run's own LM head
+            behavior_dir = Path(_behavior_dir(config, model))
+            info.behavior_model = str(behavior_dir.resolve())
         if algo == "ilql":
             info.extra.update(tau_expectile=config.tau_expectile)
     else:
-        # bad rewards are reported before the behavior model spends minutes training
-        apply_reward_transform(episodes, config.reward_transform, config.gamma)
+        check_rewards(episodes, config)  # bad rewards are reported before the behavior model spends minutes training
         if config.lora:
             _train_qsft_lora(model, episodes, config, overrides, out, info, callbacks)
         else:
@@ -216,7 +234,8 @@ def train(algo: str, data: str | Path | list[Episode], model: str = "tiny", out:
 
 # TrainingArguments fields that describe the machine or the log, not the training
 _NOT_SETTINGS = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "dataloader_num_workers",
-                 "use_cpu", "local_rank", "save_strategy", "save_steps", "logging_steps"}
+                 "use_cpu", "local_rank", "save_strategy", "save_steps", "logging_steps", "data_backend",
+                 "data_num_proc", "data_cache_dir"}
 
 
 def changed_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -252,7 +271,7 @@ def _loss_variant(config, vocab_size: int) -> str:
     return config.loss_variant
 
 
-def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides, out: Path, info: RunInfo,
+def _behavior_first(base, tokenizer, episodes: Episodes, config, overrides, out: Path, info: RunInfo,
                     vision: VisionInputs | None = None) -> Path:
     """Paper Algorithm 1, step 1: SFT the behavior model into OUT/behavior (skipped when a finished one is there).
 
@@ -275,7 +294,7 @@ def _behavior_first(base, tokenizer, episodes: list[Episode], config, overrides,
     return behavior_dir
 
 
-def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo,
+def _train_qsft(model: str, episodes: Episodes, config, overrides, out: Path, info: RunInfo,
                 callbacks: list | None = None) -> None:
     """Q-SFT with three full models: behavior first, then Q-model + target from the same weights."""
     if config.behavior not in (None, "", "cotrain"):
@@ -303,7 +322,7 @@ def _train_qsft(model: str, episodes: list[Episode], config, overrides, out: Pat
         resize_embeddings(behavior, len(tokenizer))
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, vision=vision,
                                    best_returns=config.mc_lower_bound == "best")
-    support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
+    support = data_support(dataset, config) if config.support == "data" else None
     if _use_behavior_cache(config, len(dataset), vision is not None):
         dataset = _with_behavior_cache(dataset, behavior, tokenizer, config, dummy_id, out, info, support)
     trainer = QSFTTrainer(q_model, behavior, config, dataset, tokenizer, dummy_token_id=dummy_id,
@@ -324,7 +343,7 @@ def _behavior_dir(config, model: str) -> str:
     pretrained on the same transcripts, `qsft pretrain`, already predicts the logged actions: no BC phase)."""
     if config.behavior != BEHAVIOR_IS_MODEL:
         return config.behavior
-    if config.lora:
+    if getattr(config, "lora", False):
         raise ConfigError("--behavior model with lora: the base itself is the behavior then; leave --behavior "
                           "empty to train a behavior adapter, or give one")
     if model == "tiny":
@@ -372,7 +391,7 @@ def _record_qsft(info: RunInfo, config, variant: str, dummy_id: int | None, repo
     info.extra.update(support=config.support, bootstrap=config.bootstrap)
 
 
-def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: str):
+def _lora_base(model: str, episodes: Episodes, config, out: Path, variant: str):
     """The frozen base every adapter shares, with the dummy token in its vocabulary, and where it lives.
 
     A tiny base is random and a resized one differs from `--model`, so both are kept in OUT/base
@@ -397,7 +416,7 @@ def _lora_base(model: str, episodes: list[Episode], config, out: Path, variant: 
     return base, tokenizer, "base"
 
 
-def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out: Path, info: RunInfo,
+def _train_qsft_lora(model: str, episodes: Episodes, config, overrides, out: Path, info: RunInfo,
                      callbacks: list | None = None) -> None:
     """Q-SFT with one frozen base and three LoRA adapters: behavior (SFT first), q_model, target."""
     variant = config.loss_variant
@@ -421,7 +440,7 @@ def _train_qsft_lora(model: str, episodes: list[Episode], config, overrides, out
     info.lora = True
 
     dataset, report = qsft_dataset(episodes, tokenizer, config, dummy_id, best_returns=config.mc_lower_bound == "best")
-    support = DataSupport.from_samples(dataset.samples) if config.support == "data" else None
+    support = data_support(dataset, config) if config.support == "data" else None
     trainer = QSFTTrainer(peft_model, None, config, dataset, tokenizer, dummy_token_id=dummy_id, data_support=support,
                           callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(config, out))
