@@ -150,3 +150,42 @@ def test_train_dispatches_ilql_and_records_the_run(chain, tmp_path):
     assert info.extra["beta"] == 2.0
     policy = load_ilql_policy(out)
     assert policy.beta == 2.0 and load_ilql_policy(out, beta=0.5).beta == 0.5
+
+
+@pytest.mark.parametrize("algo", ["ilql", "mc"])
+def test_a_frozen_behavior_model_is_pi_beta_at_decoding(algo, chain, tmp_path):
+    """`--behavior model`: the starting model (frozen) gives log pi_beta, the heads beta (Q - V) beside it."""
+    from qsft.decoding.extraction import extract_policy_logits
+    from qsft.decoding.policy import load_policy
+
+    root, _, tokenizer, _, _ = chain
+    base = tmp_path / "base"
+    build_tiny_model(tokenizer, "micro", 64, seed=3).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    settings = {"max_steps": 2, "per_device_train_batch_size": 8, "save_strategy": "no", "report_to": "none",
+                "use_cpu": True, "max_length": 64, "beta": 3.0, "gamma": GAMMA, "reward_transform": "success",
+                "behavior": "model", "bc_weight": 0.0}
+    out = train(algo, root / "chain.jsonl", str(base), tmp_path / "run", settings)
+    info = RunInfo.load(out)
+    assert info.behavior_path(out) == base.resolve() and info.extra["bc_weight"] == 0.0
+    policy = load_policy(out)
+    assert policy.mode == "advantage" and policy.beta == 3.0
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode("p1", add_special_tokens=False)])
+    with torch.no_grad():
+        heads = load_ilql_policy(out)
+        hidden = heads.base(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, -1]
+        advantage = torch.minimum(*heads.target_q(hidden)) - heads.v(hidden)
+        behavior = build_tiny_model(tokenizer, "micro", 64, seed=3)(input_ids=ids).logits[:, -1]
+        expected = torch.log_softmax(behavior, -1) + 3.0 * advantage
+        got = extract_policy_logits(policy.mode, policy.models.model(input_ids=ids).logits[:, -1],
+                                    policy.models.behavior_model(input_ids=ids).logits[:, -1], beta=policy.beta)
+    # policy logits are log pi up to a constant per row
+    assert torch.allclose(got - got.max(-1, keepdim=True).values, expected - expected.max(-1, keepdim=True).values,
+                          atol=1e-4)
+
+
+def test_behavior_model_needs_a_model_dir(chain, tmp_path):
+    root, _, _, _, _ = chain
+    with pytest.raises(ConfigError, match="pretrained model dir"):
+        train("ilql", root / "chain.jsonl", "tiny", tmp_path / "run", {"behavior": "model", "use_cpu": True})
+    assert not (tmp_path / "run").exists()

@@ -117,6 +117,9 @@ def _field_groups() -> list[tuple[str, list[str]]]:
         ("behavior cloning (--algo bc, filtered_bc) and pretraining", own(BCConfig, FilteredBCConfig, PretrainConfig)),
         ("training budget and optimizer (transformers.TrainingArguments)", list(BUDGET_FIELDS)),
     ]
+    seen: set[str] = set()
+    for _, names in groups:  # a field two methods share (`behavior`) is listed once, under the first
+        names[:] = [n for n in names if not (n in seen or seen.add(n))]
     shown = {n for _, names in groups for n in names}
     rest = sorted(n for n in _config_fields() if n not in shown)
     return groups + [("other transformers.TrainingArguments fields", rest)]

@@ -9,6 +9,8 @@ pi_b = pi_beta(a|s) (behavior model), q_hat = p / pi_b, S(s) = {a : pi_b(a|s) > 
 * ``beta_ratio`` log pi = log pi_b + beta * q_hat on S(s)       (ILQL-style perturbation)
 * ``q_greedy``   pi = one-hot argmax_{a in S(s)} q_hat          (greedy in Q)
 * ``bc``         log pi = log pi_model                          (behavior / filtered-BC / ILQL runs)
+* ``advantage``  log pi = log pi_b + model logits               (ILQL / MC runs with a separate behavior
+                                                                 model: the model's logits are beta (Q - V))
 
 The dummy token of the dummy loss variant is a bookkeeping token, never an action: it is set to
 -inf in every mode.
@@ -70,6 +72,10 @@ def extract_policy_logits(
     q_logprobs = F.log_softmax(q_logits.float(), dim=-1)
     if mode in ("p_theta", "bc"):
         policy = q_logprobs
+    elif mode == "advantage":
+        if behavior_logits is None:
+            raise ConfigError("decoding mode 'advantage' needs the behavior model's logits")
+        policy = F.log_softmax(align_vocab(behavior_logits.float(), q_logits.shape[-1]), dim=-1) + q_logits.float()
     else:
         if behavior_logits is None:
             raise ConfigError(f"decoding mode {mode!r} needs the behavior model's logits")

@@ -4,8 +4,9 @@ Which models a run decodes with follows from its `qsft.json` (`RunInfo.algo`):
 * `bc`, `filtered_bc` — the run's model alone, mode `bc`;
 * `qsft` — the Q-model (the run dir) and the behavior model (`RunInfo.behavior_path`); mode `bc`
   decodes with the behavior model alone, `p_theta` with the Q-model alone;
-* `ilql` — `qsft.training.ilql.load_ilql_policy(run_dir, beta)` returns one model whose logits
-  are already ILQL-perturbed, decoded in mode `bc`.
+* `ilql`, `mc` — `qsft.training.ilql.load_ilql_policy(run_dir, beta)` returns one model whose logits
+  are already ILQL-perturbed, decoded in mode `bc`; a run trained with `--behavior` decodes in mode
+  `advantage` instead: the frozen behavior model's log pi_beta plus the heads' beta (Q - V).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from qsft.data.tokenize import SegmentEncoder, TokenMDPConfig
 from qsft.decoding.extraction import DEFAULT_MODE, TWO_MODEL_MODES, check_mode
 from qsft.decoding.generation import DecodingModels
 from qsft.errors import ConfigError, ModelLoadError
-from qsft.models.loading import load_tokenizer
+from qsft.models.loading import load_model, load_tokenizer
 from qsft.models.run_models import load_run_models
 from qsft.run_info import RunInfo
 
@@ -83,7 +84,12 @@ def load_policy(run_dir: str | Path, mode: str | None = None, beta: float | None
         from qsft.training.ilql import load_ilql_policy  # optional baseline, imported only when used
 
         # ILQL's beta scales its own advantage; without a request the one trained with it applies.
-        model = load_ilql_policy(run_dir, requested_beta)
+        behavior_dir = info.behavior_path(run_dir)
+        if behavior_dir is not None:  # `--behavior`: pi_beta is a separate frozen model, the heads give beta (Q - V)
+            mode, behavior_model = "advantage", load_model(behavior_dir)
+            model = load_ilql_policy(run_dir, requested_beta, advantage_only=True)
+        else:
+            model = load_ilql_policy(run_dir, requested_beta)
         beta = float(getattr(model, "beta", beta))
     elif info.algo in SINGLE_MODEL_ALGOS + ("qsft",):
         # full-size and LoRA runs alike come back as plain causal LMs

@@ -49,6 +49,11 @@ class HeadsConfig(BootstrappedConfig):
         "help": "Weight of the LM head's cross-entropy (trlx awac_scale)."})
     beta: float = field(default=1.0, metadata={
         "help": "Decoding: logits = log pi_beta + beta * (Q - V); 0 is BC. Stored with the heads."})
+    behavior: str | None = field(default=None, metadata={
+        "help": "pi_beta at decoding: empty = the run's own LM head (trained by bc_weight on the shared trunk, "
+                "as trlx); 'model' = the --model dir itself, frozen (a `qsft pretrain` base already predicts the "
+                "logged actions; LMRL-Gym's ILQL also decodes with a separate BC model), or a model dir. "
+                "Pair it with bc_weight 0 so the trunk serves the values alone."})
 
     def __post_init__(self) -> None:
         if self.cql_weight < 0 or self.bc_weight < 0:
@@ -121,6 +126,8 @@ class ILQLModel(nn.Module):
         self.v = nn.Linear(hidden_size, 1)
         self.beta = beta
         self.decode = False
+        # decode mode: logits are beta * (Q - V) alone, to be added to a separate behavior model's log pi_beta
+        self.advantage_only = False
 
     @property
     def config(self):
@@ -148,7 +155,8 @@ class ILQLModel(nn.Module):
         with torch.no_grad():
             target_q1, target_q2 = self.target_q(hidden.detach())
         if self.decode:
-            return ILQLOutputWithPast(logits=decoding_logits(out.logits, target_q1, target_q2, values, self.beta),
+            lm_logits = torch.zeros_like(out.logits) if self.advantage_only else out.logits
+            return ILQLOutputWithPast(logits=decoding_logits(lm_logits, target_q1, target_q2, values, self.beta),
                                       cache=out.cache)
         q1, q2 = self.q(hidden)
         return ILQLOutputWithPast(logits=out.logits, cache=out.cache, q1=q1, q2=q2,
@@ -289,11 +297,15 @@ def train_ilql(base_model: nn.Module, tokenizer, episodes: list[Episode], config
     return report
 
 
-def load_ilql_policy(run_dir: str | Path, beta: float | None = None, device: str | torch.device = "cpu"
-                     ) -> ILQLModel:
-    """The trained ILQL policy in decode mode (`beta` overrides the one stored with the heads)."""
+def load_ilql_policy(run_dir: str | Path, beta: float | None = None, device: str | torch.device = "cpu",
+                     advantage_only: bool = False) -> ILQLModel:
+    """The trained ILQL policy in decode mode (`beta` overrides the one stored with the heads).
+
+    `advantage_only`: its logits are beta * (min(Q1, Q2) - V) without the LM head's log pi_beta, for runs
+    decoded with a separate behavior model (`--behavior`; `qsft.decoding` adds that model's log pi_beta)."""
     model = ILQLModel(load_model(run_dir))
     stored_beta = model.load_heads(run_dir)
     model.beta = stored_beta if beta is None else beta
     model.decode = True
+    model.advantage_only = advantage_only
     return model.to(device).eval()
