@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv in the repo root and install qsft with everything it needs (idempotent).
 # CPU torch when no NVIDIA GPU is present; Debian's stockfish for the chess environment and a Java runtime
-# (default-jre-headless, when no `java` is on PATH) for the twx-* and sciworld-* environments' engines.
+# (default-jre-headless, when no `java` is on PATH) for the twx-* and sciworld-* environments' engines; the
+# `robotics` extra (Meta-World, MuJoCo inside its wheel) for the metaworld-* environments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -41,7 +42,7 @@ STAMP=.venv/.qsft-installed
 WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! .venv/bin/python -c "import qsft" >/dev/null 2>&1; then
   echo "[setup] installing qsft and its dependencies"
-  $PIP install -q -e ".[dev,engines]"
+  $PIP install -q -e ".[dev,engines,robotics]"
   echo "$WANT" > "$STAMP"
 fi
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

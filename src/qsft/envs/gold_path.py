@@ -1,7 +1,9 @@
-"""Scripted behavior shared by engines that list admissible commands and know a gold path (twx-*, sciworld-*).
+"""Scripted behavior shared by environments that list admissible commands and know a gold path (twx-*, sciworld-*,
+metaworld-*).
 
 An env using it has `admissible` (commands the engine accepts next), `current_room` and `task.half_competent`;
-its own `gold_command(env)` says which gold command comes next (None: none now). `gold_path_family` builds:
+its own `gold_command(env)` says which gold command comes next (None: none now). An env without rooms passes
+`gold_path_family` its own `region(env)` instead (metaworld-*: the task phase). `gold_path_family` builds:
 * `optimal`            the gold path, resumed after deviations, else a random admissible command;
 * `random`             a uniformly random admissible command;
 * `epsilon:P`, `mixture:P` as for every environment (good = optimal, poor = random);
@@ -22,6 +24,11 @@ from qsft.envs.policies import Policy, PolicyFamily, parse_probability
 from qsft.errors import EnvError
 
 GoldCommand = Callable[[TextEnv], "str | None"]
+Region = Callable[[TextEnv], "str | None"]  # the part of the task the agent is in: half-competent's unit
+
+
+def current_room(env) -> str | None:
+    return env.current_room
 
 
 def random_command(env, rng: random.Random) -> str:
@@ -68,11 +75,12 @@ class RandomCommandPolicy(Policy):
 class HalfCompetentPolicy(Policy):
     """Gold path in the rooms it knows (each entered room known with probability `fraction`), random elsewhere.
 
-    `fraction=None`: the task's `half_competent` default."""
+    `fraction=None`: the task's `half_competent` default; `region`: what a "room" is."""
 
     env_type: type
     gold: GoldCommand
     fraction: float | None = None
+    region: Region = current_room
     known_rooms: dict[str, bool] = field(default_factory=dict, init=False)
     probability: float = field(default=0.5, init=False)  # this episode's fraction
 
@@ -83,7 +91,7 @@ class HalfCompetentPolicy(Policy):
 
     def act(self, env: TextEnv, rng: random.Random) -> str:
         game = _checked(env, self.env_type)
-        room = game.current_room or ""
+        room = self.region(game) or ""
         if room not in self.known_rooms:
             self.known_rooms[room] = rng.random() < self.probability
         if self.known_rooms[room]:
@@ -95,11 +103,12 @@ class HalfCompetentPolicy(Policy):
         return "half-competent"
 
 
-def gold_path_family(env_type: type, gold: GoldCommand) -> PolicyFamily:
+def gold_path_family(env_type: type, gold: GoldCommand, region: Region = current_room) -> PolicyFamily:
     """The policy family above for environments of `env_type` whose next gold command `gold` gives."""
 
     def half_competent(arg: float | None) -> Policy:
-        return HalfCompetentPolicy(env_type, gold, None if arg is None else parse_probability("half-competent", arg))
+        fraction = None if arg is None else parse_probability("half-competent", arg)
+        return HalfCompetentPolicy(env_type, gold, fraction, region)
 
     optimal, uniform = partial(GoldPathPolicy, env_type, gold), partial(RandomCommandPolicy, env_type)
     return PolicyFamily(optimal=optimal, random=uniform, good=optimal, poor=uniform, default_spec="half-competent",

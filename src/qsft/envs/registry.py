@@ -9,9 +9,10 @@ Built-in names: `maze`, `maze-po`, `wordle`, `chess-kq`, `chess-kr`, `chess-kqr`
 e.g. `minigrid-empty-random-6x6`), `textworld-nav`, `textworld-nav-hard`, `textworld-simple`,
 `textworld-coin` (Microsoft TextWorld games, see `textworld.games.TASKS`), `twx-cookingworld`, `twx-coin`,
 `twx-twc` (TextWorldExpress games, see `twx.env.TASKS`), `sciworld-find-living-thing`,
-`sciworld-lifespan-longest-lived` (ScienceWorld tasks, see `scienceworld.env.TASKS`); the last five run
-Java engines (`pip install 'qsft[engines]'`). `gym:<id>` wraps a gymnasium environment with text
-observations and actions (`GymTextEnv`).
+`sciworld-lifespan-longest-lived` (ScienceWorld tasks, see `scienceworld.env.TASKS`); those five run
+Java engines (`pip install 'qsft[engines]'`); `metaworld-pick-place`, `metaworld-push`, `metaworld-reach`
+(a Sawyer arm in MuJoCo with text actions, see `metaworld.env.TASKS`; `pip install 'qsft[robotics]'`).
+`gym:<id>` wraps a gymnasium environment with text observations and actions (`GymTextEnv`).
 """
 
 from __future__ import annotations
@@ -92,10 +93,11 @@ def make(name: str, **kwargs: Any) -> TextEnv:
 
 
 # MiniGrid and TextWorld task names are kept in step with `minigrid.env.TASKS` / `textworld.games.TASKS`,
-# the twx-* and sciworld-* names with `twx.env.TASKS` / `scienceworld.env.TASKS` (importing those here would
-# load gymnasium / textworld).
+# the twx-*, sciworld-* and metaworld-* names with `twx.env.TASKS` / `scienceworld.env.TASKS` /
+# `metaworld.env.TASKS` (importing those here would load gymnasium / textworld).
 MINIGRID_TASKS = ("empty-5x5", "empty-random-5x5", "empty-6x6", "empty-random-6x6", "empty-8x8")
 TEXTWORLD_TASKS = ("nav", "nav-hard", "simple", "coin")
+METAWORLD_TASKS = ("pick-place", "push", "reach")
 
 register("maze", "qsft.envs.maze.env:MazeEnv", policies="qsft.envs.maze.policies:MAZE_POLICIES",
          partially_observed=False)
@@ -119,3 +121,6 @@ register("sciworld-find-living-thing", "qsft.envs.scienceworld.env:SciWorldEnv",
          policies="qsft.envs.scienceworld.policies:SCIWORLD_POLICIES", task="find-living-thing")
 register("sciworld-lifespan-longest-lived", "qsft.envs.scienceworld.env:SciWorldEnv",
          policies="qsft.envs.scienceworld.policies:SCIWORLD_POLICIES", task="lifespan-longest-lived")
+for _task in METAWORLD_TASKS:
+    register(f"metaworld-{_task}", "qsft.envs.metaworld.env:MetaWorldEnv",
+             policies="qsft.envs.metaworld.policies:METAWORLD_POLICIES", task=_task)
