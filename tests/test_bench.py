@@ -41,6 +41,25 @@ def test_bench_writes_results_folder_and_reuses_finished_runs(tmp_path):
     logs.clear()
     run_bench(settings, tmp_path, progress=False, log=logs.append)
     assert model_file.stat().st_mtime_ns == stamp and sum("done earlier" in line for line in logs) == 3  # base too
+    # a changed setting (here BC's learning rate in the YAML) retrains that method's runs only, never a stale reuse
+    import qsft.bench
+
+    def changed(env):
+        defaults = env_defaults(env)
+        defaults["algos"]["bc"] = {**defaults["algos"].get("bc", {}), "learning_rate": 5e-4}
+        return defaults
+
+    logs.clear()
+    original = qsft.bench.env_defaults
+    qsft.bench.env_defaults = changed
+    try:
+        run_bench(settings, tmp_path, progress=False, log=logs.append)
+    finally:
+        qsft.bench.env_defaults = original
+    assert any(line.startswith("bc seed 0: its settings changed") for line in logs)
+    assert any(line.startswith("qsft seed 0: done earlier") for line in logs)
+    recorded = json.loads((tmp_path / "runs/bc-seed0/bench_settings.json").read_text())
+    assert recorded["train"]["learning_rate"] == 5e-4 and model_file.stat().st_mtime_ns != stamp
 
 
 def test_parallel_bench_runs_qsft_after_its_seeds_bc(tmp_path, monkeypatch):

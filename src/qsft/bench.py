@@ -14,6 +14,7 @@ A finished run (its results.json exists) is not redone, so an interrupted bench 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -106,6 +107,10 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
     done: dict[tuple[str, int], EvalResult] = {}
     for algo, seed in runs:
         if (result_file := _run_dir(out, algo, seed) / RESULTS).is_file():
+            if _recorded_settings(out, algo, seed) not in (None, _run_settings(runs_settings, defaults, algo, seed)):
+                log(f"{algo} seed {seed}: its settings changed since it ran (environment YAML or flags), retraining")
+                shutil.rmtree(_run_dir(out, algo, seed))
+                continue
             log(f"{algo} seed {seed}: done earlier, reusing {result_file}")
             done[algo, seed] = EvalResult.load(result_file)
     todo = [run for run in runs if run not in done]
@@ -182,7 +187,26 @@ def _train_and_evaluate(settings: BenchSettings, defaults: dict[str, Any], data:
                       out=run_dir / RESULTS, label=algo, progress=progress)
     log(f"  {algo} seed {seed}: return {result.summary.mean_return:.2f}, "
         f"success {result.summary.success_rate:.0%}, score {result.summary.normalized_score}")
+    atomic_write_json(run_dir / RUN_SETTINGS, _run_settings(settings, defaults, algo, seed))
     return result
+
+
+RUN_SETTINGS = "bench_settings.json"  # what a run was trained and evaluated with: reused only while it still holds
+
+
+def _run_settings(settings: BenchSettings, defaults: dict[str, Any], algo: str, seed: int) -> dict[str, Any]:
+    """The training overrides and evaluation options of one bench run (JSON-comparable)."""
+    eval_cfg = defaults.get("eval", {})
+    return json.loads(json.dumps({
+        "train": _method_overrides(settings, defaults, algo, seed), "model": settings.model,
+        "eval": eval_cfg.get(algo) if isinstance(eval_cfg.get(algo), dict) else {},
+        "eval_episodes": settings.eval_episodes, "env_kwargs": settings.env_kwargs}, default=str))
+
+
+def _recorded_settings(out: Path, algo: str, seed: int) -> dict[str, Any] | None:
+    """The settings a finished run recorded; None for runs from before they were recorded (reused as they are)."""
+    path = _run_dir(out, algo, seed) / RUN_SETTINGS
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _needs_bc(settings: BenchSettings, algo: str, overrides: dict[str, Any]) -> bool:
