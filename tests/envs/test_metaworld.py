@@ -22,14 +22,6 @@ NAMES = [f"metaworld-{task}" for task in METAWORLD_TASKS]
 SUCCESS_RADIUS = {"metaworld-pick-place": 0.07, "metaworld-push": 0.05}  # Meta-World's, object to goal
 
 
-@pytest.fixture(scope="module")
-def envs():
-    built = {name: make(name) for name in NAMES}
-    yield built
-    for env in built.values():
-        env.close()
-
-
 def test_registry_lists_every_task_and_envs_declare_what_training_needs(envs):
     assert set(METAWORLD_TASKS) == set(TASKS)
     for name, env in envs.items():

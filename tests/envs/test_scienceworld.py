@@ -19,14 +19,6 @@ from qsft.errors import RewardRangeError  # noqa: E402
 NAMES = ["sciworld-find-living-thing", "sciworld-lifespan-longest-lived"]
 
 
-@pytest.fixture(scope="module")
-def envs():
-    built = {name: make(name) for name in NAMES}
-    yield built
-    for env in built.values():
-        env.close()
-
-
 def play(env, policy, seed, policy_seed=0):
     """(observations, actions, rewards, infos) of one episode of `policy` from `env.reset(seed)`."""
     rng = random.Random(policy_seed)

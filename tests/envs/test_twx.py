@@ -18,14 +18,6 @@ from qsft.envs.twx.policies import HalfCompetentPolicy, gold_command  # noqa: E4
 NAMES = ["twx-cookingworld", "twx-coin", "twx-twc"]
 
 
-@pytest.fixture(scope="module")
-def envs():
-    built = {name: make(name) for name in NAMES}
-    yield built
-    for env in built.values():
-        env.close()
-
-
 def play(env, policy, seed, policy_seed=0):
     """(observations, actions, rewards, infos) of one episode of `policy` from `env.reset(seed)`."""
     rng = random.Random(policy_seed)
