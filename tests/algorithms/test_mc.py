@@ -97,7 +97,7 @@ def test_mc_run_regresses_observed_returns_and_decodes_like_ilql(tmp_path):
                  "gamma": GAMMA, "max_steps": 150, "learning_rate": 3e-3, "per_device_train_batch_size": 16,
                  "save_strategy": "no", "report_to": "none", "use_cpu": True, "disable_tqdm": True, "beta": 2.0})
     info = RunInfo.load(out)
-    assert info.algo == "mc" and info.extra == {"beta": 2.0, "cql_weight": 0.1, "bc_weight": 1.0}
+    assert info.algo == "mc" and {k: info.extra[k] for k in ("beta", "cql_weight", "bc_weight")} == {"beta": 2.0, "cql_weight": 0.1, "bc_weight": 1.0}
     model = load_ilql_policy(out)
     model.decode = False  # read the heads, not the policy's logits
     tokenizer = load_policy(out).tokenizer
