@@ -106,8 +106,12 @@ def run_case(args: argparse.Namespace) -> None:
         "workers_peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}), flush=True)
 
 
-def measure(backend: str, data: Path, cache: Path, out: Path, args: argparse.Namespace) -> dict:
-    """Run one case in a child process, sampling the resident set of its process tree."""
+class OverCap(Exception):
+    """A case's process tree outgrew the memory cap and was stopped (the machine's OOM killer would take more)."""
+
+
+def measure(backend: str, data: Path, cache: Path, out: Path, args: argparse.Namespace, cap: float) -> dict:
+    """Run one case in a child process, sampling the resident set of its process tree; stopped above `cap` bytes."""
     import psutil
 
     command = [sys.executable, __file__, "--case", backend, "--data", str(data), "--cache", str(cache),
@@ -123,6 +127,14 @@ def measure(backend: str, data: Path, cache: Path, out: Path, args: argparse.Nam
             except psutil.Error:
                 pass
         tree_peak, single_peak = max(tree_peak, sum(sizes)), max([single_peak, *sizes])
+        if tree_peak > cap:
+            for process in [*_children(root), root]:
+                try:
+                    process.kill()
+                except psutil.Error:
+                    pass
+            child.wait()
+            raise OverCap(f"stopped at {tree_peak / GIB:.1f} GiB > cap {cap / GIB:.1f} GiB")
         time.sleep(0.2)
     lines = [line for line in child.stdout.read().splitlines() if line.startswith("RESULT ")]
     if child.returncode != 0 or not lines:
@@ -195,10 +207,13 @@ def main() -> None:
             rows.append(_row(n, "memory", None, None, f"skipped: projected peak {(fixed + per_episode * n) / GIB:.1f} "
                                                       f"GiB > cap {cap / GIB:.1f} GiB"))
         else:
-            base = measure("memory", data, scratch / "cache-unused", scratch / "run-memory", args)
-            rows.append(_row(n, "memory", base, None))
+            try:
+                base = measure("memory", data, scratch / "cache-unused", scratch / "run-memory", args, cap)
+                rows.append(_row(n, "memory", base, None))
+            except OverCap as over:
+                rows.append(_row(n, "memory", None, None, f"over the cap: {over}"))
         for name in ("arrow cold", "arrow warm"):
-            result = measure("arrow", data, scratch / "cache", scratch / f"run-{name.split()[1]}", args)
+            result = measure("arrow", data, scratch / "cache", scratch / f"run-{name.split()[1]}", args, float("inf"))
             note = f"cache {_folder_bytes(scratch / 'cache') / GIB:.2f} GiB" if name == "arrow cold" else ""
             rows.append(_row(n, name, result, base, note))
         if base is not None and per_episode is None:  # the data's share of the memory backend's peak
