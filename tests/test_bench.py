@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,3 +165,23 @@ def test_bench_env_args_reach_generation_and_evaluation_and_guard_reused_data(tm
     with pytest.raises(ConfigError, match="generated with env args .*max_turns.* asks for \\{\\}"):
         run_bench(BenchSettings(env="maze", algos=["bc"], seeds=1, episodes=6, eval_episodes=2, budget=1,
                                 overrides=TINY), tmp_path, progress=False, log=lambda message: None)
+
+
+def test_bench_set_overrides_every_method_or_one_over_the_yaml(capsys):
+    from qsft.bench import _method_overrides
+    from qsft.cli.common import parse_method_sets
+    from qsft.training.run import ALGORITHMS
+
+    shared, per_algo = parse_method_sets(["learning_rate=1e-4", "qsft.bootstrap=max", "qsft.tau=0.2",
+                                          "ilql.behavior=model"], ALGORITHMS)
+    assert (shared, per_algo) == ({"learning_rate": 1e-4}, {"qsft": {"bootstrap": "max", "tau": 0.2},
+                                                            "ilql": {"behavior": "model"}})
+    settings = BenchSettings(env="maze", algos=["bc", "qsft"], overrides=shared, algo_overrides=per_algo)
+    defaults = {"train": {"learning_rate": 1e-3, "max_steps": 10}, "algos": {"qsft": {"bootstrap": "expectile"}}}
+    assert _method_overrides(settings, defaults, "qsft", 1) == {
+        "learning_rate": 1e-4, "max_steps": 10, "bootstrap": "max", "tau": 0.2, "seed": 1}
+    assert _method_overrides(settings, defaults, "bc", 0) == {"learning_rate": 1e-4, "max_steps": 10, "seed": 0}
+    for bad, message in [("qsft.bootstrap", "expects \\[ALGO.\\]KEY=VALUE"), ("magic.tau=1", "unknown algorithm 'magic'"),
+                         ("qsft.=1", "expects")]:
+        assert main(["bench", "--env", "maze", "--algos", "qsft", "--set", bad]) == 2
+        assert re.search(message, capsys.readouterr().err)

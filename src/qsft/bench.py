@@ -47,6 +47,7 @@ class BenchSettings:
     data_seed: int = 0
     policy: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every method
+    algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # {algorithm: its own, over the rest}
     pretrain_steps: int | None = None  # `qsft pretrain` steps for OUT/base (None: the env YAML's, at most budget)
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # --env-arg: the variant generated and evaluated
 
@@ -56,12 +57,17 @@ class BenchSettings:
             raise ConfigError(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
         if self.seeds < 1 or self.episodes < 1 or self.eval_episodes < 1:
             raise ConfigError("seeds, episodes and eval episodes must be at least 1")
+        unknown = [a for a in self.algo_overrides if a not in ALGORITHMS]
+        if unknown:
+            raise ConfigError(f"settings for unknown algorithm(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(ALGORITHMS)}")
         if self.pretrain_steps is not None and self.pretrain_steps < 0:
             raise ConfigError(f"pretrain steps must be >= 0, got {self.pretrain_steps}")
 
 
 def _method_overrides(settings: BenchSettings, defaults: dict[str, Any], algo: str, seed: int) -> dict[str, Any]:
-    overrides = {**defaults.get("train", {}), **defaults.get("algos", {}).get(algo, {}), **settings.overrides}
+    overrides = {**defaults.get("train", {}), **defaults.get("algos", {}).get(algo, {}), **settings.overrides,
+                 **settings.algo_overrides.get(algo, {})}
     overrides["seed"] = seed
     if settings.budget is not None:
         overrides["max_steps"] = settings.budget

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qsft.cli.common import parse_env_args, reports_errors
+from qsft.cli.common import parse_env_args, parse_method_sets, reports_errors
 
 
 def register(subparsers) -> None:
@@ -29,6 +29,10 @@ def register(subparsers) -> None:
                         help="`qsft pretrain` steps on the bench's data before the methods, which all start from "
                              "that base (OUT/base, built once; its time is reported). Default: the env YAML's "
                              "`pretrain: max_steps` (at most --budget), else none.")
+    parser.add_argument("--set", action="append", default=[], metavar="[ALGO.]KEY=VALUE", dest="sets",
+                        help="Training setting over the env YAML's (repeatable): KEY=VALUE for every method, "
+                             "ALGO.KEY=VALUE for one (e.g. qsft.bootstrap=max). Runs trained with other settings "
+                             "are retrained, so give a variant its own --out.")
     parser.add_argument("--out", default=None, help="Results folder (default: bench-<env>).")
     parser.add_argument("--jobs", type=int, default=None,
                         help="Runs trained and evaluated at once, in separate processes that share the CPU "
@@ -41,11 +45,14 @@ def register(subparsers) -> None:
 @reports_errors
 def run(args: argparse.Namespace) -> int:
     from qsft.bench import BenchSettings, aggregate, default_jobs, format_table, run_bench
+    from qsft.training.run import ALGORITHMS
 
+    shared, per_algo = parse_method_sets(args.sets, ALGORITHMS)
     settings = BenchSettings(env=args.env, algos=[a.strip() for a in args.algos.split(",") if a.strip()],
                              seeds=args.seeds, episodes=args.episodes, eval_episodes=args.eval_episodes,
                              model=args.model, budget=args.budget, data_seed=args.data_seed, policy=args.policy,
-                             pretrain_steps=args.pretrain_steps, env_kwargs=parse_env_args(args.env_arg))
+                             pretrain_steps=args.pretrain_steps, env_kwargs=parse_env_args(args.env_arg),
+                             overrides=shared, algo_overrides=per_algo)
     out = args.out or f"bench-{args.env}"
     results = run_bench(settings, out, jobs=args.jobs if args.jobs is not None else default_jobs(args.model))
     print()
