@@ -167,7 +167,7 @@ def test_bench_env_args_reach_generation_and_evaluation_and_guard_reused_data(tm
                                 overrides=TINY), tmp_path, progress=False, log=lambda message: None)
 
 
-def test_bench_set_overrides_every_method_or_one_over_the_yaml(capsys):
+def test_bench_set_overrides_every_method_or_one_over_the_yaml(tmp_path, capsys):
     from qsft.bench import _method_overrides
     from qsft.cli.common import parse_method_sets
     from qsft.training.run import ALGORITHMS
@@ -182,6 +182,8 @@ def test_bench_set_overrides_every_method_or_one_over_the_yaml(capsys):
         "learning_rate": 1e-4, "max_steps": 10, "bootstrap": "max", "tau": 0.2, "seed": 1}
     assert _method_overrides(settings, defaults, "bc", 0) == {"learning_rate": 1e-4, "max_steps": 10, "seed": 0}
     for bad, message in [("qsft.bootstrap", "expects \\[ALGO.\\]KEY=VALUE"), ("magic.tau=1", "unknown algorithm 'magic'"),
-                         ("qsft.=1", "expects")]:
-        assert main(["bench", "--env", "maze", "--algos", "qsft", "--set", bad]) == 2
+                         ("qsft.=1", "expects"), ("qsft.bootstrapp=max", "unknown setting\\(s\\) for qsft: bootstrapp"),
+                         ("tau=0.2", "unknown setting\\(s\\) for bc: tau")]:
+        assert main(["bench", "--env", "maze", "--algos", "bc,qsft", "--set", bad, "--out", str(tmp_path)]) == 2
         assert re.search(message, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())  # refused before generating anything

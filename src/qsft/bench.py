@@ -29,7 +29,7 @@ from qsft.eval.metrics import mean_ci95
 from qsft.io import atomic_write_json, atomic_write_text
 from qsft.run_info import RUN_FILE
 from qsft.training.config import PretrainConfig
-from qsft.training.run import ALGORITHMS, PRETRAIN, train
+from qsft.training.run import ALGORITHMS, CONFIG_CLASSES, PRETRAIN, train
 
 RESULTS = "results.json"
 
@@ -91,6 +91,7 @@ def run_bench(settings: BenchSettings, out: str | Path, progress: bool = True, l
     `if __name__ == "__main__":` guard around it."""
     out = Path(out)
     defaults = env_defaults(settings.env)
+    _check_setting_names(settings)
     data = out / "data" / f"{settings.env}.jsonl"
     if not stats_path(data).is_file():
         data_cfg = defaults.get("data", {})
@@ -169,6 +170,16 @@ def _pretrained_base(settings: BenchSettings, defaults: dict[str, Any], data: Pa
     atomic_write_json(base / PRETRAIN_TIME, {"steps": settings.pretrain_steps, "seconds": seconds})
     log(f"  pretrained in {seconds:.0f} s")
     return base
+
+
+def _check_setting_names(settings: BenchSettings) -> None:
+    """A misspelt `--set` name fails before any data or training, not when its method's turn comes."""
+    for algo in settings.algos:
+        known = {f.name for f in fields(CONFIG_CLASSES[algo])}
+        unknown = sorted((set(settings.overrides) | set(settings.algo_overrides.get(algo, {}))) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) for {algo}: {', '.join(unknown)} (a setting for every method must "
+                              f"be one every method has; ALGO.KEY=VALUE sets one method's)")
 
 
 def _run_dir(out: Path, algo: str, seed: int) -> Path:
