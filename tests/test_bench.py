@@ -142,6 +142,43 @@ def test_bench_pretrains_one_base_that_every_method_starts_from(tmp_path):
     assert any("pretrained base: done earlier" in line for line in logs)
 
 
+def test_pretraining_reads_the_dataset_plus_the_yaml_corpus_and_the_methods_the_dataset_alone(tmp_path, monkeypatch):
+    import qsft.bench
+    from qsft.bench import CORPUS_SEED_OFFSET
+    from qsft.data.io import load_episodes
+
+    def with_corpus(env):
+        defaults = env_defaults(env)
+        defaults["pretrain"] = {**defaults.get("pretrain", {}), "corpus": {"episodes": 5, "policy": "optimal"}}
+        return defaults
+
+    monkeypatch.setattr(qsft.bench, "env_defaults", with_corpus)
+    settings = BenchSettings(env="maze", algos=["bc"], seeds=1, episodes=12, eval_episodes=2, budget=2,
+                             overrides=TINY, pretrain_steps=2, data_seed=3)
+    logs: list[str] = []
+    run_bench(settings, tmp_path, progress=False, log=logs.append)
+    data, corpus, read = (tmp_path / "data" / name for name in ("maze.jsonl", "maze-corpus.jsonl", "maze-pretrain.jsonl"))
+    stats = json.loads((tmp_path / "data" / "maze-corpus.jsonl.stats.json").read_text())
+    assert stats["seed"] == 3 + CORPUS_SEED_OFFSET and stats["policy"] == "optimal" and stats["optimal_rate"] == 1.0
+    ids = [ep.id for ep in load_episodes(read)]
+    assert ids == [ep.id for ep in load_episodes(data)] + [ep.id for ep in load_episodes(corpus)]
+    assert len(ids) == 17 and len(set(ids)) == 17
+    assert json.loads((tmp_path / "base" / "qsft.json").read_text())["data"] == str(read)
+    assert json.loads((tmp_path / "runs" / "bc-seed0" / "qsft.json").read_text())["data"] == str(data)
+    assert any("pretraining corpus of 5 maze episodes [optimal]" in line for line in logs)
+
+
+def test_a_malformed_pretraining_corpus_is_one_error_naming_the_yaml(tmp_path, monkeypatch):
+    import qsft.bench
+    from qsft.errors import ConfigError
+
+    monkeypatch.setattr(qsft.bench, "env_defaults", lambda env: {**env_defaults(env), "pretrain": {"corpus": 5}})
+    settings = BenchSettings(env="maze", algos=["bc"], seeds=1, episodes=4, eval_episodes=2, budget=2,
+                             overrides=TINY, pretrain_steps=2)
+    with pytest.raises(ConfigError, match="maze YAML: pretrain: corpus must be a mapping"):
+        run_bench(settings, tmp_path, progress=False, log=lambda message: None)
+
+
 def test_pretraining_steps_come_from_the_flag_else_the_yaml_capped_at_the_budget():
     from qsft.bench import pretrain_steps
 

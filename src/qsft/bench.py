@@ -4,6 +4,8 @@ Results folder layout (everything is written there; nothing is only printed):
     OUT/data/<env>.jsonl (+ .stats.json)      the offline dataset (generated once, reused)
     OUT/base/                                 with --pretrain-steps: `qsft pretrain` on that dataset, the
                                               base model every method then starts from (built once, reused)
+    OUT/data/<env>-corpus.jsonl               with `pretrain: corpus` in the env YAML: extra scripted episodes
+    OUT/data/<env>-pretrain.jsonl             that pretraining alone sees, and the dataset + corpus it reads
     OUT/runs/<algo>-seed<k>/                  each training run (model, qsft.json, TensorBoard logs)
     OUT/runs/<algo>-seed<k>/results.json      its evaluation (+ results.png histogram, transcripts)
     OUT/report.md, OUT/report.png             methods x env table (mean ± 95% CI over seeds) and chart
@@ -21,12 +23,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from qsft.configs import env_defaults
+from qsft.configs import CORPUS, env_defaults
 from qsft.envs.generate import generate_dataset, stats_path
 from qsft.errors import ConfigError
 from qsft.eval.evaluate import EvalResult, evaluate
 from qsft.eval.metrics import mean_ci95
-from qsft.io import atomic_write_json, atomic_write_text
+from qsft.io import atomic_open, atomic_write_json, atomic_write_text
 from qsft.run_info import RUN_FILE
 from qsft.training.config import PretrainConfig
 from qsft.training.run import ALGORITHMS, CONFIG_CLASSES, PRETRAIN, train
@@ -165,11 +167,49 @@ def _pretrained_base(settings: BenchSettings, defaults: dict[str, Any], data: Pa
     overrides.setdefault("disable_tqdm", not progress)
     log(f"pretraining the base model ({settings.pretrain_steps} steps, every transcript token) -> {base}")
     start = time.perf_counter()
+    data = _pretraining_data(settings, defaults, data, out, progress, log)
     train(PRETRAIN, data, settings.model, base, overrides, env=settings.env)
     seconds = time.perf_counter() - start
     atomic_write_json(base / PRETRAIN_TIME, {"steps": settings.pretrain_steps, "seconds": seconds})
     log(f"  pretrained in {seconds:.0f} s")
     return base
+
+
+CORPUS_SEED_OFFSET = 1_000_000  # the corpus of data seed s is generated with seed s + this: no shared episodes
+
+
+def _pretraining_data(settings: BenchSettings, defaults: dict[str, Any], data: Path, out: Path, progress: bool,
+                      log) -> Path:
+    """The bench's dataset, or, when the env YAML's `pretrain: corpus: {episodes, policy}` asks for it, that
+    dataset followed by a corpus of extra scripted episodes (cheap to generate: a solver, an engine) that only
+    pretraining reads. The RL methods still train on the bench's dataset alone; the tiny tokenizer, built from
+    what pretraining reads, covers both."""
+    corpus = (defaults.get(PRETRAIN) or {}).get(CORPUS)
+    if not corpus:
+        return data
+    if not isinstance(corpus, dict) or not isinstance(corpus.get("episodes"), int) or corpus["episodes"] < 1:
+        raise ConfigError(f"{settings.env} YAML: pretrain: corpus must be a mapping with episodes (an integer >= 1) "
+                          f"and optionally policy, got {corpus!r}")
+    extra = out / "data" / f"{settings.env}-corpus.jsonl"
+    if not stats_path(extra).is_file():
+        policy = corpus.get("policy") or settings.policy or defaults.get("data", {}).get("policy")
+        log(f"generating a pretraining corpus of {corpus['episodes']} {settings.env} episodes [{policy}] -> {extra}")
+        generate_dataset(settings.env, policy, corpus["episodes"], settings.data_seed + CORPUS_SEED_OFFSET, extra,
+                         env_kwargs=settings.env_kwargs, progress=progress)
+    combined = out / "data" / f"{settings.env}-pretrain.jsonl"
+    with atomic_open(combined, "wb") as handle:
+        for part in (data, extra):
+            with part.open("rb") as source:
+                shutil.copyfileobj(source, handle)
+            if part.stat().st_size and not _ends_with_newline(part):
+                handle.write(b"\n")
+    return combined
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"
 
 
 def _check_setting_names(settings: BenchSettings) -> None:

@@ -62,7 +62,8 @@ def test_no_sidecar_or_an_environment_without_a_yaml_means_built_in_defaults(tmp
 
 def test_pretraining_takes_the_train_fields_it_has_and_its_own_section():
     loaded = {"train": {"max_length": 96, "history_turns": 1, "action_tokens": True},
-              "algos": {"qsft": {"gamma": 0.9}}, "pretrain": {"max_steps": 2000}}
+              "algos": {"qsft": {"gamma": 0.9}},
+              "pretrain": {"max_steps": 2000, "corpus": {"episodes": 50}}}  # corpus: the bench's, not a config field
     known = {"max_length", "history_turns", "max_steps"}
     assert method_settings(loaded, "pretrain", known) == {"max_length": 96, "history_turns": 1, "max_steps": 2000}
     assert method_settings(loaded, "qsft", known)["gamma"] == 0.9

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 PRETRAIN_SECTION = "pretrain"
+CORPUS = "corpus"  # pretrain: corpus: {episodes, policy}: extra scripted episodes, for `qsft bench` only
 
 
 def env_config_file(env: str) -> Traversable | None:
@@ -42,5 +43,6 @@ def method_settings(loaded: dict[str, Any], algo: str, known: set[str]) -> dict[
     `pretrain`, the `train` fields that pretraining has, then the `pretrain` section)."""
     if algo == PRETRAIN_SECTION:
         shared = {k: v for k, v in loaded["train"].items() if k in known}
-        return {**shared, **(loaded.get(PRETRAIN_SECTION) or {})}
+        own = {k: v for k, v in (loaded.get(PRETRAIN_SECTION) or {}).items() if k != CORPUS}
+        return {**shared, **own}
     return {**loaded["train"], **((loaded.get("algos") or {}).get(algo) or {})}
