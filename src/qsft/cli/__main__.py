@@ -4,4 +4,5 @@ import sys
 
 from qsft.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned workers (qsft bench --jobs) import this module as __mp_main__
+    sys.exit(main())
