@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,15 @@ def test_pretraining_reads_the_dataset_plus_the_yaml_corpus_and_the_methods_the_
     assert json.loads((tmp_path / "base" / "qsft.json").read_text())["data"] == str(read)
     assert json.loads((tmp_path / "runs" / "bc-seed0" / "qsft.json").read_text())["data"] == str(data)
     assert any("pretraining corpus of 5 maze episodes [optimal]" in line for line in logs)
+
+    # a later bench asking for another corpus regenerates it rather than reusing the old one
+    shutil.rmtree(tmp_path / "base")
+    monkeypatch.setattr(qsft.bench, "env_defaults", lambda env: {
+        **env_defaults(env), "pretrain": {"corpus": {"episodes": 4, "policy": "optimal"}}})
+    logs.clear()
+    run_bench(settings, tmp_path, progress=False, log=logs.append)
+    assert any("pretraining corpus of 4 maze episodes" in line for line in logs)
+    assert len(load_episodes(read)) == 16
 
 
 def test_a_malformed_pretraining_corpus_is_one_error_naming_the_yaml(tmp_path, monkeypatch):

@@ -191,25 +191,25 @@ def _pretraining_data(settings: BenchSettings, defaults: dict[str, Any], data: P
         raise ConfigError(f"{settings.env} YAML: pretrain: corpus must be a mapping with episodes (an integer >= 1) "
                           f"and optionally policy, got {corpus!r}")
     extra = out / "data" / f"{settings.env}-corpus.jsonl"
-    if not stats_path(extra).is_file():
-        policy = corpus.get("policy") or settings.policy or defaults.get("data", {}).get("policy")
+    policy = corpus.get("policy") or settings.policy or defaults.get("data", {}).get("policy")
+    if not _same_corpus(extra, corpus["episodes"], policy):
         log(f"generating a pretraining corpus of {corpus['episodes']} {settings.env} episodes [{policy}] -> {extra}")
         generate_dataset(settings.env, policy, corpus["episodes"], settings.data_seed + CORPUS_SEED_OFFSET, extra,
                          env_kwargs=settings.env_kwargs, progress=progress)
     combined = out / "data" / f"{settings.env}-pretrain.jsonl"
-    with atomic_open(combined, "wb") as handle:
+    with atomic_open(combined, "wb") as handle:  # both written by generate_dataset: whole lines
         for part in (data, extra):
             with part.open("rb") as source:
                 shutil.copyfileobj(source, handle)
-            if part.stat().st_size and not _ends_with_newline(part):
-                handle.write(b"\n")
     return combined
 
 
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(-1, 2)
-        return handle.read(1) == b"\n"
+def _same_corpus(path: Path, episodes: int, policy: str | None) -> bool:
+    """A corpus generated earlier is reused only while the YAML still asks for it (size and policy)."""
+    if not stats_path(path).is_file():
+        return False
+    stats = json.loads(stats_path(path).read_text())
+    return stats.get("episodes") == episodes and (policy is None or stats.get("policy") == policy)
 
 
 def _check_setting_names(settings: BenchSettings) -> None:
