@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from qsft.cli import main
 from qsft.data.io import save_episodes
 from qsft.data.tokenize import tokenize_episodes
+from qsft.decoding.policy import load_policy
 from qsft.models.loading import load_model, load_tokenizer
 from qsft.run_info import RunInfo
 from qsft.training.config import PretrainConfig
@@ -63,6 +64,11 @@ def test_pretrain_learns_the_transitions_and_serves_as_base_for_every_method(tmp
     assert AutoModelForCausalLM.from_pretrained(base).config.n_layer == 2
     assert _next_observation_accuracy(base) >= 0.9
     assert _next_observation_accuracy(bc) <= 0.5
+    # `qsft eval --run BASE` samples the base as it is (the data's policy, for probes such as wordle_probe.py)
+    policy = load_policy(base)
+    ids = torch.tensor([[load_tokenizer(base).bos_token_id]])
+    assert policy.mode == "bc" and policy.models.behavior_model is None
+    assert torch.equal(policy.models.model(ids).logits, load_model(base)(ids).logits)
     short = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--history_turns", "1", *COMMON[2:]]
     for algo in ("bc", "qsft", "ilql", "mc"):
         extra = ["--reward_transform", "success", "--gamma", "0.9"] if algo != "bc" else []

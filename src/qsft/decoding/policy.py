@@ -22,7 +22,7 @@ from qsft.models.loading import load_model, load_tokenizer
 from qsft.models.run_models import load_run_models
 from qsft.run_info import RunInfo
 
-SINGLE_MODEL_ALGOS = ("bc", "filtered_bc")
+SINGLE_MODEL_ALGOS = ("bc", "filtered_bc", "pretrain")  # pretrain: a `qsft pretrain` base, sampled as is
 DEFAULT_SUPPORT_THRESHOLD = 1e-4
 
 
