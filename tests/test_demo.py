@@ -26,3 +26,16 @@ def test_demo_command_prints_the_table_and_writes_a_readable_plot(tmp_path):
         episodes = json.loads((out / "runs" / run / "results.json").read_text())["episodes"]
         assert len(episodes) == 16
         assert all(ep["transcript"] and ep["transcript"][0]["role"] == "env" for ep in episodes)
+
+
+@pytest.mark.parametrize("argv, pretrain", [([], 1000), (["--steps", "150"], 150), (["--pretrain-steps", "0"], 0),
+                                            (["--steps", "150", "--pretrain-steps", "400"], 400)])
+def test_demo_pretrains_half_the_bench_at_most_its_steps(tmp_path, monkeypatch, argv, pretrain):
+    import qsft.bench
+    from qsft.cli import main
+
+    seen = []
+    monkeypatch.setattr(qsft.bench, "run_bench", lambda settings, out: seen.append(settings) or [])
+    monkeypatch.setattr(qsft.bench, "format_table", lambda env, rows: "")
+    assert main(["demo", "--out", str(tmp_path / "d"), *argv]) == 0
+    assert seen[0].pretrain_steps == pretrain and seen[0].algos == ["bc", "qsft"]

@@ -22,8 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("--episodes", type=int, default=1000, help="Offline dataset size (episodes).")
     parser.add_argument("--eval-episodes", type=int, default=64, help="Evaluation episodes per method.")
     parser.add_argument("--steps", type=int, default=None, help="Optimizer steps per method (default: maze.yaml).")
-    parser.add_argument("--pretrain-steps", type=int, default=DEMO_PRETRAIN_STEPS,
-                        help="Steps of domain pretraining for the shared base model (0: none).")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help=f"Steps of domain pretraining for the shared base model (0: none; default "
+                             f"{DEMO_PRETRAIN_STEPS}, at most --steps).")
     parser.set_defaults(handler=run)
 
 
@@ -32,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from qsft.bench import BenchSettings, aggregate, format_table, run_bench
 
     start = time.time()
+    pretrain = args.pretrain_steps
+    if pretrain is None:  # a quick demo (--steps) stays quick, as in `qsft bench`
+        pretrain = DEMO_PRETRAIN_STEPS if args.steps is None else min(DEMO_PRETRAIN_STEPS, args.steps)
     settings = BenchSettings(env=DEMO_ENV, algos=["bc", "qsft"], seeds=1, episodes=args.episodes,
                              eval_episodes=args.eval_episodes, budget=args.steps, data_seed=args.seed,
-                             first_seed=args.seed, pretrain_steps=args.pretrain_steps)
+                             first_seed=args.seed, pretrain_steps=pretrain)
     results = run_bench(settings, args.out)
     print()
     print(format_table(DEMO_ENV, aggregate(results)))
