@@ -1,4 +1,10 @@
-"""Scripted Wordle policies. They read only the observable history, never the hidden answer."""
+"""Scripted Wordle policies. They read only the observable history, never the hidden answer.
+
+Guesses are written as spaced letters ("c r a n e"), as the environment echoes them and as LMRL-Gym's Wordle
+transcripts read: a model then writes a guess letter by letter with the same tokens it reads in the feedback
+lines, so a green or yellow letter is a token to copy (issue #18: with every word one token, tiny models learned
+which words are answers but never which ones the feedback allows).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from dataclasses import dataclass
 
 from qsft.envs.base import TextEnv
 from qsft.envs.policies import Policy, PolicyFamily, parse_probability
-from qsft.envs.wordle.env import WordleEnv
+from qsft.envs.wordle.env import WordleEnv, spaced
 from qsft.envs.wordle.solver import WordleSolver
 from qsft.errors import EnvError
 
@@ -23,14 +29,14 @@ class WordleSolverPolicy(Policy):
 
     def act(self, env: TextEnv, rng: random.Random) -> str:
         wordle = _wordle(env)
-        return WordleSolver.for_vocabulary(wordle.vocabulary).next_guess(wordle.history)
+        return spaced(WordleSolver.for_vocabulary(wordle.vocabulary).next_guess(wordle.history))
 
 
 class WordleRandomPolicy(Policy):
     """A uniformly random word of the guess vocabulary."""
 
     def act(self, env: TextEnv, rng: random.Random) -> str:
-        return rng.choice(_wordle(env).vocabulary.guesses)
+        return spaced(rng.choice(_wordle(env).vocabulary.guesses))
 
 
 @dataclass
@@ -47,8 +53,8 @@ class WordleConsistentPolicy(Policy):
         wordle = _wordle(env)
         if rng.random() < self.p_consistent:
             candidates = WordleSolver.for_vocabulary(wordle.vocabulary).candidates(wordle.history)
-            return wordle.vocabulary.answers[int(candidates[rng.randrange(len(candidates))])]
-        return rng.choice(wordle.vocabulary.guesses)
+            return spaced(wordle.vocabulary.answers[int(candidates[rng.randrange(len(candidates))])])
+        return spaced(rng.choice(wordle.vocabulary.guesses))
 
 
 def _consistent(arg: float | None) -> Policy:
